@@ -1,0 +1,435 @@
+"""`halo-integrator.toml` → typed settings.
+
+One strict cattrs converter structures the file: an unknown key, a wrong type, a missing
+value, a bad GUID or URL, or an inline secret each becomes one line naming its key path, and
+every problem in the file is reported at once. Module tables are structured in a second
+step, with the settings type the module's plugin declares, so a disabled module's settings
+are never read by code that is not loaded.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import tomllib
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    AttributeValidationNote,
+    BaseValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationNote,
+)
+
+CONFIG_FILENAME = "halo-integrator.toml"
+CONFIG_ENV = "HALO_INTEGRATOR_CONFIG"
+DATABASE_FILENAME = "halo-integrator.db"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` are one line each, with key paths."""
+
+    def __init__(self, problems: list[str], source: Path | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+class ValueProblem(ValueError):
+    """A value of the right type that is still wrong (bad GUID, bad URL, ...)."""
+
+
+# --- value types -------------------------------------------------------------------------
+
+
+class Guid(str):
+    """A GUID, kept in lower-case canonical form (tenant IDs, client IDs)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> Guid:
+        if not isinstance(value, str):
+            raise ValueProblem(f"expected a GUID string, got {_describe(value)}")
+        try:
+            return cls(str(uuid.UUID(value.strip())))
+        except ValueError:
+            raise ValueProblem(
+                f"not a GUID: {value!r} (expected 8-4-4-4-12 hex digits)"
+            ) from None
+
+
+class HttpsUrl(str):
+    """An absolute https:// URL without a trailing slash (Microsoft hosts)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> HttpsUrl:
+        if not isinstance(value, str):
+            raise ValueProblem(f"expected a URL string, got {_describe(value)}")
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueProblem(f"not an https URL: {value!r}")
+        return cls(value.rstrip("/"))
+
+
+@attrs.frozen
+class SecretRef:
+    """Where a secret lives: an environment variable or a file, never the config itself."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def resolve(self) -> str:
+        """Read the secret now; raises `ValueProblem` saying where it was looked for."""
+        if self.env:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ValueProblem(f"environment variable {self.env} is not set or empty")
+            return value
+        assert self.file is not None
+        try:
+            value = self.file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueProblem(f"cannot read secret file {self.file}: {exc.strerror}") from None
+        if not value:
+            raise ValueProblem(f"secret file {self.file} is empty")
+        return value
+
+    @classmethod
+    def parse(cls, value: Any) -> SecretRef:
+        if isinstance(value, str):
+            raise ValueProblem(
+                'secrets are given by reference, not inline: use { env = "VARIABLE" } '
+                'or { file = "/path/to/secret" }'
+            )
+        if not isinstance(value, Mapping):
+            raise ValueProblem(
+                f'expected {{ env = "VARIABLE" }} or {{ file = "/path" }}, got {_describe(value)}'
+            )
+        extra = set(value) - {"env", "file"}
+        if extra:
+            raise ValueProblem(f"unknown key(s) {', '.join(sorted(extra))}: use env or file")
+        env, file = value.get("env"), value.get("file")
+        if (env is None) == (file is None):
+            raise ValueProblem('give exactly one of env = "VARIABLE" or file = "/path"')
+        if env is not None and (not isinstance(env, str) or not env):
+            raise ValueProblem("env must name an environment variable")
+        if file is not None and (not isinstance(file, str) or not file):
+            raise ValueProblem("file must be a path")
+        return cls(env=env, file=Path(file).expanduser() if file else None)
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class Track(enum.StrEnum):
+    STABLE = "stable"
+    BETA = "beta"
+
+
+class Marketplace(enum.StrEnum):
+    GB = "GB"
+    US = "US"
+
+
+@attrs.frozen(kw_only=True)
+class StoreSettings:
+    """``[store]``: where the PSA model and the integrator's state live."""
+
+    #: Any SQLAlchemy URL; empty means the SQLite file beside the config.
+    url: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LoggingSettings:
+    """``[logging]``."""
+
+    format: LogFormat = LogFormat.AUTO
+    level: str = "info"
+
+
+@attrs.frozen(kw_only=True)
+class IntegratorSettings:
+    """``[integrator]``: the Halo Integrator settings every module shares (guide 8)."""
+
+    track: Track = Track.STABLE
+    marketplace: Marketplace = Marketplace.GB
+    #: A tenant with no mapping gets a customer of its own name and a Main site (guide 8.3).
+    create_customers_from_tenants: bool = False
+    #: Users missing from a complete listing are deactivated (guide 8.3).
+    deactivate_users_not_found: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class TenantMapping:
+    """``[[tenant_mappings]]``: one Azure tenant → one PSA customer, or do not import."""
+
+    tenant_id: Guid
+    customer: str | None = None
+    do_not_import: bool = False
+    module: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ModuleConfig:
+    """``[modules.<name>]``: the host's keys; the rest is the module's own settings."""
+
+    enabled: bool = False
+    interval_minutes: int | None = None
+    settings: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """The whole configuration file, module settings still raw."""
+
+    store: StoreSettings = StoreSettings()
+    logging: LoggingSettings = LoggingSettings()
+    integrator: IntegratorSettings = IntegratorSettings()
+    tenant_mappings: tuple[TenantMapping, ...] = ()
+    modules: Mapping[str, ModuleConfig] = attrs.field(factory=dict)
+    #: The file this came from; ``None`` when no file exists yet.
+    source: Path | None = attrs.field(default=None, eq=False)
+
+    @property
+    def directory(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    @property
+    def store_url(self) -> str:
+        if self.store.url:
+            return self.store.url
+        return f"sqlite:///{(self.directory / DATABASE_FILENAME).resolve()}"
+
+    def module_enabled(self, name: str) -> bool:
+        module = self.modules.get(name)
+        return bool(module and module.enabled)
+
+
+# --- the strict converter ----------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    kind = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)):
+        return kind
+    return f"{kind} ({value!r})"
+
+
+def _strict(expected: type, name: str):
+    def structure(value: Any, _: type) -> Any:
+        # bool is an int in Python but never in TOML; keep them apart.
+        if type(value) is bool and expected is not bool:
+            raise ValueProblem(f"expected {name}, got {_describe(value)}")
+        if expected is float and type(value) is int:
+            return float(value)
+        if not isinstance(value, expected):
+            raise ValueProblem(f"expected {name}, got {_describe(value)}")
+        return value
+
+    return structure
+
+
+def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in cls)
+        raise ValueProblem(f"expected one of {choices}, got {_describe(value)}") from None
+
+
+def _structure_path(value: Any, _: type) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueProblem(f"expected a path string, got {_describe(value)}")
+    return Path(value).expanduser()
+
+
+def _structure_module(value: Any, _: type) -> ModuleConfig:
+    if not isinstance(value, Mapping):
+        raise ValueProblem(f"expected a table, got {_describe(value)}")
+    settings = dict(value)
+    problems: list[Exception] = []
+    enabled = settings.pop("enabled", False)
+    interval = settings.pop("interval_minutes", None)
+    if type(enabled) is not bool:
+        problems.append(_noted(ValueProblem(f"expected a boolean, got {_describe(enabled)}"), "enabled"))
+    if interval is not None and (type(interval) is not int or interval < 1):
+        problems.append(
+            _noted(ValueProblem(f"expected a whole number of minutes ≥ 1, got {_describe(interval)}"),
+                   "interval_minutes")
+        )
+    if problems:
+        raise cattrs.ClassValidationError("While structuring ModuleConfig", problems, ModuleConfig)
+    return ModuleConfig(enabled=enabled, interval_minutes=interval, settings=settings)
+
+
+def _noted(exc: Exception, attribute: str) -> Exception:
+    exc.__notes__ = [AttributeValidationNote(f"@ attribute {attribute}", attribute, object)]
+    return exc
+
+
+def make_converter() -> cattrs.Converter:
+    """The strict converter for our own TOML (module settings types use it too)."""
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for kind, name in ((str, "a string"), (int, "an integer"), (float, "a number"), (bool, "a boolean")):
+        converter.register_structure_hook(kind, _strict(kind, name))
+    converter.register_structure_hook(Guid, lambda v, _: Guid.parse(v))
+    converter.register_structure_hook(HttpsUrl, lambda v, _: HttpsUrl.parse(v))
+    converter.register_structure_hook(SecretRef, lambda v, _: SecretRef.parse(v))
+    converter.register_structure_hook(Path, _structure_path)
+    converter.register_structure_hook(ModuleConfig, _structure_module)
+    # StrEnum before str: singledispatch follows the MRO, where str comes before Enum.
+    converter.register_structure_hook(enum.Enum, _structure_enum)
+    converter.register_structure_hook(enum.StrEnum, _structure_enum)
+    converter.register_unstructure_hook(Path, str)
+    converter.register_unstructure_hook(SecretRef, _unstructure_secret)
+    return converter
+
+
+def _unstructure_secret(ref: SecretRef) -> dict[str, str]:
+    return {"env": ref.env} if ref.env else {"file": str(ref.file)}
+
+
+converter = make_converter()
+
+
+# --- error reporting ---------------------------------------------------------------------
+
+
+def describe_errors(exc: BaseException, path: str = "") -> Iterator[str]:
+    """One ``key.path: problem`` line per leaf of a cattrs validation error tree."""
+    if isinstance(exc, BaseValidationError):
+        noted, bare = exc.group_exceptions()
+        for sub, note in noted:
+            if isinstance(note, AttributeValidationNote):
+                sub_path = f"{path}.{note.name}" if path else note.name
+            elif isinstance(note, IterableValidationNote):
+                index = note.index
+                sub_path = f"{path}[{index}]" if isinstance(index, int) else f"{path}.{index}"
+            else:  # pragma: no cover - cattrs only makes the two notes above
+                sub_path = path
+            yield from describe_errors(sub, sub_path)
+        for sub in bare:
+            yield from describe_errors(sub, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            yield f"{path + '.' if path else ''}{key}: unknown key"
+    elif isinstance(exc, KeyError):
+        yield f"{path}: required key missing"
+    elif isinstance(exc, ValueProblem):
+        yield f"{path}: {exc}"
+    else:
+        yield f"{path}: {type(exc).__name__}: {exc}"
+
+
+def structure(data: Any, cls: type, path: str = "") -> Any:
+    """Structure ``data`` into ``cls`` or raise `ConfigError` listing every problem."""
+    try:
+        return converter.structure(data, cls)
+    except (BaseValidationError, ValueProblem, ForbiddenExtraKeysError) as exc:
+        raise ConfigError(list(describe_errors(exc, path))) from None
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def find_config(explicit: Path | None = None) -> Path:
+    """``--config``, then ``$HALO_INTEGRATOR_CONFIG``, then the working directory."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    return Path.cwd() / CONFIG_FILENAME
+
+
+def load_config(path: Path, *, missing_ok: bool = False) -> Config:
+    """Read and structure the file; module settings stay raw until their plugin loads."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return Config(source=None)
+        raise ConfigError(
+            [f"no configuration file at {path}: run `halo-integrator init` to write one, "
+             f"or point --config or ${CONFIG_ENV} at yours"],
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], source=path) from None
+    try:
+        config = structure(data, Config)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=path) from None
+    return attrs.evolve(config, source=path.resolve())
+
+
+def structure_module_settings(config: Config, name: str, settings_type: type | None) -> Any:
+    """Structure ``[modules.<name>]`` with its plugin's settings type."""
+    module = config.modules.get(name, ModuleConfig())
+    if settings_type is None:
+        if module.settings:
+            raise ConfigError([f"modules.{name}.{key}: unknown key" for key in sorted(module.settings)])
+        return None
+    return structure(dict(module.settings), settings_type, path=f"modules.{name}")
+
+
+def check_secrets(value: Any, path: str) -> Iterator[str]:
+    """Every `SecretRef` reachable from ``value`` that cannot be read, with its key path."""
+    if isinstance(value, SecretRef):
+        try:
+            value.resolve()
+        except ValueProblem as exc:
+            yield f"{path}: {exc}"
+    elif attrs.has(type(value)):
+        for field in attrs.fields(type(value)):
+            yield from check_secrets(getattr(value, field.name), f"{path}.{field.name}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from check_secrets(item, f"{path}[{index}]")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from check_secrets(item, f"{path}.{key}")
+
+
+_SECRET_KEY = re.compile(r"secret|token|password|passwd|credential|assertion|api_?key", re.I)
+
+
+def redact_for_display(data: Any, key: str = "") -> Any:
+    """A copy of unstructured config fit to print: secret-named plain values masked."""
+    if isinstance(data, Mapping):
+        if set(data) <= {"env", "file"} and data:
+            return dict(data)  # a reference says where a secret is, not what it is
+        return {k: redact_for_display(v, k) for k, v in data.items() if v is not None}
+    if isinstance(data, (list, tuple)):
+        return [redact_for_display(v, key) for v in data]
+    if key and _SECRET_KEY.search(key) and isinstance(data, str):
+        return "[redacted]"
+    return data

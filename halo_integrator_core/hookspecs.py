@@ -1,0 +1,138 @@
+"""The hook contract between the host and its plugins.
+
+Each spec's docstring is its documentation (the README repeats it for plugin authors). The
+host calls every hook with keyword arguments only, and only on the plugin that declared the
+module being run: a plugin never sees another module's calls. Fetch hooks return an iterable
+(usually a generator) of records that the core consumes as it goes, storing a batch at a
+time, so a plugin streams pages rather than collecting them. The entity kinds a module syncs
+are the fetch hooks its plugin implements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pluggy
+
+from .context import ModuleContext
+from .models import (
+    Checkpoint,
+    DirectoryUser,
+    Licence,
+    ManagedDevice,
+    ModuleSpec,
+    Price,
+    RecordError,
+    Removed,
+    Subscription,
+    Tenant,
+    UsageLine,
+    WebhookEvent,
+    WebhookOutcome,
+)
+
+PROJECT_NAME = "halo_integrator"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec
+def declare_modules() -> Iterable[ModuleSpec]:
+    """Declare the modules this plugin provides.
+
+    Called once, right after the plugin is registered, before the configuration of its
+    modules is read. Return one `ModuleSpec` per module (name, title, settings type, default
+    interval). A plugin loaded from an entry point must declare a module with
+    the entry point's own name: that is how the host leaves a disabled module's code
+    unimported. Must not do I/O or read configuration.
+    """
+
+
+@hookspec
+def fetch_tenants(context: ModuleContext) -> Iterable[Tenant | RecordError | Checkpoint]:
+    """Yield every customer tenant the module can reach, with its access state.
+
+    Called once per sync of the module, before anything per tenant. The host stores the
+    tenants, applies the tenant mappings (tenant → customer, or do-not-import) and then calls
+    the per-tenant hooks for each mapped tenant. A tenant missing from a complete listing is
+    marked inactive. Must not write anywhere: return records and let the core store them.
+    """
+
+
+@hookspec
+def fetch_licences(
+    context: ModuleContext, tenant: Tenant, bookmark: str | None
+) -> Iterable[Licence | Removed | RecordError | Checkpoint]:
+    """Yield the tenant's licences (subscribed SKUs) with their unit counts.
+
+    Called per mapped tenant. ``bookmark`` is
+    the last `Checkpoint.bookmark` this stream committed for the tenant, or ``None``. Which
+    users hold a licence is taken from `DirectoryUser.assigned_sku_ids`, not from here.
+    """
+
+
+@hookspec
+def fetch_subscriptions(
+    context: ModuleContext, tenant: Tenant, bookmark: str | None
+) -> Iterable[Subscription | Removed | RecordError | Checkpoint]:
+    """Yield the subscriptions the partner sells to the tenant (quantity, term, dates).
+
+    Called per mapped tenant, after licences. Same bookmark and deactivation rules as `fetch_licences`.
+    """
+
+
+@hookspec
+def fetch_users(
+    context: ModuleContext, tenant: Tenant, bookmark: str | None
+) -> Iterable[DirectoryUser | Removed | RecordError | Checkpoint]:
+    """Yield the tenant's directory users, in full or as changes since ``bookmark``.
+
+    Called per mapped tenant, after subscriptions. With no bookmark,
+    list every user and end with ``Checkpoint(bookmark=..., complete=True)``; with one, yield
+    only what changed (`Removed` for deletions) and end with ``complete=False``. A payload
+    that cannot be translated is yielded as `RecordError`, never raised. Must not keep the
+    directory in memory: yield page by page.
+    """
+
+
+@hookspec
+def fetch_assets(
+    context: ModuleContext, tenant: Tenant, bookmark: str | None
+) -> Iterable[ManagedDevice | Removed | RecordError | Checkpoint]:
+    """Yield the tenant's managed devices.
+
+    Called per mapped tenant, after users, so that devices can be matched to the users just stored.
+    """
+
+
+@hookspec
+def fetch_usage(
+    context: ModuleContext, period: str
+) -> Iterable[UsageLine | RecordError | Checkpoint]:
+    """Yield metered usage rows of every tenant for a billing period (``current``,
+    ``last`` or an invoice ID).
+
+    Called by a billing module's run. Rows carry their tenant; the core maps them to
+    customers through the tenant mappings and never bills an unmapped tenant's rows.
+    """
+
+
+@hookspec
+def fetch_prices(context: ModuleContext, market: str) -> Iterable[Price | RecordError]:
+    """Yield the price-sheet rows of ``market`` (for example ``GB`` or ``US``).
+
+    Called by a pricing module's run. The core matches rows to subscriptions and keeps a
+    history of price changes; the plugin only translates the sheet.
+    """
+
+
+@hookspec
+def on_webhook(context: ModuleContext, event: WebhookEvent) -> WebhookOutcome | None:
+    """Handle a webhook addressed to this plugin's module and say what it meant.
+
+    Called by the HTTP server for each request to ``/webhooks/<module>``. Verify the
+    signature over ``event.body`` before trusting anything in it; answer a bad request with
+    a 4xx `WebhookOutcome` rather than raising. The core logs the request and the outcome
+    as an inbound request and syncs the kinds in ``WebhookOutcome.refresh``. Must not block
+    for long: the sender is waiting.
+    """

@@ -1,0 +1,352 @@
+"""The store's tables: the PSA model and the integrator's own state.
+
+Synced entities share one shape (`_synced`): the tenant they came from, their upstream ID,
+the customer (and site) the mapping rules gave them, and an active flag with the time it was
+cleared. A sync never deletes a row; what disappears upstream is marked inactive.
+
+The schema is versioned by Alembic (`store/migrations`); a test checks that the migrations
+build exactly these tables.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps are stored as UTC and always come back timezone-aware.
+
+    SQLite keeps no zone; without this, a value read back would never equal the aware value
+    a plugin yields, and every row would look changed on every sync.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give a timezone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact decimals: NUMERIC where the database has it, text on SQLite (no floats)."""
+
+    impl = Numeric(18, 6)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(18, 6))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = Decimal(value)
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else Decimal(value)
+
+
+def _audit() -> list[Column[Any]]:
+    return [
+        Column("active", Boolean, nullable=False, default=True),
+        Column("inactive_since", UtcDateTime),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+    ]
+
+
+def _synced() -> list[Any]:
+    """Columns every entity synced per tenant carries."""
+    return [
+        Column("id", Integer, primary_key=True),
+        Column("tenant_ref", ForeignKey("tenants.id"), nullable=False),
+        Column("external_id", String(200), nullable=False),
+        Column("customer_id", ForeignKey("customers.id"), nullable=False),
+        *_audit(),
+        Column("seen_run_id", Integer),
+        Column("attributes", JSON, nullable=False, default=dict),
+        UniqueConstraint("tenant_ref", "external_id"),
+    ]
+
+
+# --- the PSA model -----------------------------------------------------------------------
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("source", String(40), nullable=False),
+    *_audit(),
+)
+
+sites = Table(
+    "sites",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("customer_id", ForeignKey("customers.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("is_main", Boolean, nullable=False, default=False),
+    *_audit(),
+    UniqueConstraint("customer_id", "name"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    *_synced(),
+    Column("site_id", ForeignKey("sites.id")),
+    Column("user_principal_name", String(320), nullable=False),
+    Column("display_name", String(255)),
+    Column("first_name", String(255)),
+    Column("surname", String(255)),
+    Column("email", String(320)),
+    Column("network_login", String(320)),
+    Column("job_title", String(255)),
+    Column("department", String(255)),
+    Column("office_location", String(255)),
+    Column("phone", String(100)),
+    Column("mobile", String(100)),
+    Column("employee_id", String(100)),
+    Column("account_enabled", Boolean),
+    Column("user_type", String(40)),
+)
+Index("ix_users_upn", users.c.tenant_ref, users.c.user_principal_name)
+
+asset_types = Table(
+    "asset_types",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+assets = Table(
+    "assets",
+    metadata,
+    *_synced(),
+    Column("site_id", ForeignKey("sites.id")),
+    Column("user_id", ForeignKey("users.id")),
+    Column("asset_type_id", ForeignKey("asset_types.id")),
+    Column("device_name", String(255)),
+    Column("serial_number", String(255)),
+    Column("manufacturer", String(255)),
+    Column("model", String(255)),
+    Column("operating_system", String(100)),
+    Column("os_version", String(100)),
+    Column("compliance_state", String(40)),
+    Column("last_sync_at", UtcDateTime),
+    Column("enrolled_at", UtcDateTime),
+    Column("imei", String(40)),
+    Column("wifi_mac", String(40)),
+    Column("azure_ad_device_id", String(64)),
+    Column("management_agent", String(100)),
+)
+Index("ix_assets_serial", assets.c.serial_number)
+
+licences = Table(
+    "licences",
+    metadata,
+    *_synced(),
+    Column("sku_part_number", String(200), nullable=False),
+    Column("name", String(255)),
+    Column("total_units", Integer, nullable=False, default=0),
+    Column("consumed_units", Integer, nullable=False, default=0),
+    Column("suspended_units", Integer, nullable=False, default=0),
+    Column("warning_units", Integer, nullable=False, default=0),
+    Column("capability_status", String(40)),
+)
+
+licence_assignments = Table(
+    "licence_assignments",
+    metadata,
+    Column("licence_id", ForeignKey("licences.id"), primary_key=True),
+    Column("user_id", ForeignKey("users.id"), primary_key=True),
+    *_audit(),
+)
+Index("ix_licence_assignments_user", licence_assignments.c.user_id)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    *_synced(),
+    Column("offer_id", String(200)),
+    Column("name", String(255), nullable=False),
+    Column("quantity", Integer, nullable=False, default=0),
+    Column("unit_type", String(40)),
+    Column("status", String(40)),
+    Column("billing_cycle", String(40)),
+    Column("term_duration", String(20)),
+    Column("auto_renew", Boolean),
+    Column("started_at", UtcDateTime),
+    Column("effective_start", UtcDateTime),
+    Column("commitment_end", UtcDateTime),
+    Column("cost_price", Money),
+    Column("sell_price", Money),
+    Column("currency", String(3)),
+)
+
+invoice_lines = Table(
+    "invoice_lines",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("customer_id", ForeignKey("customers.id"), nullable=False),
+    Column("module", String(100), nullable=False),
+    Column("period", String(40), nullable=False),
+    Column("group_key", String(500), nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("quantity", Money, nullable=False),
+    Column("cost", Money, nullable=False),
+    Column("price", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    *_audit(),
+    UniqueConstraint("module", "customer_id", "period", "group_key"),
+)
+
+# --- the integrator's own state ----------------------------------------------------------
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("module", String(100), nullable=False),
+    # '' when the module has no connections: NULL would defeat the unique constraint.
+    Column("connection", String(100), nullable=False, default=""),
+    Column("tenant_id", String(64), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("default_domain", String(255)),
+    Column("access", String(40), nullable=False),
+    Column("access_detail", Text),
+    Column("customer_id", ForeignKey("customers.id")),
+    Column("do_not_import", Boolean, nullable=False, default=False),
+    *_audit(),
+    Column("seen_run_id", Integer),
+    Column("last_synced_at", UtcDateTime),
+    Column("last_error", Text),
+    Column("attributes", JSON, nullable=False, default=dict),
+    UniqueConstraint("module", "connection", "tenant_id"),
+)
+
+tenant_mappings = Table(
+    "tenant_mappings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    # '' maps the tenant for every module.
+    Column("module", String(100), nullable=False, default=""),
+    Column("customer_id", ForeignKey("customers.id")),
+    Column("do_not_import", Boolean, nullable=False, default=False),
+    Column("source", String(40), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("tenant_id", "module"),
+)
+
+bookmarks = Table(
+    "bookmarks",
+    metadata,
+    Column("module", String(100), primary_key=True),
+    Column("stream", String(100), primary_key=True),
+    Column("tenant_key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("module", String(100), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    Column("outcome", String(40), nullable=False),
+    Column("options", JSON, nullable=False, default=dict),
+    Column("error", Text),
+)
+
+sync_counts = Table(
+    "sync_counts",
+    metadata,
+    Column("run_id", ForeignKey("sync_runs.id"), primary_key=True),
+    Column("entity_kind", String(40), primary_key=True),
+    Column("tenant_id", String(64), primary_key=True),
+    Column("added", Integer, nullable=False, default=0),
+    Column("updated", Integer, nullable=False, default=0),
+    Column("unchanged", Integer, nullable=False, default=0),
+    Column("deactivated", Integer, nullable=False, default=0),
+    Column("skipped", Integer, nullable=False, default=0),
+    Column("failed", Integer, nullable=False, default=0),
+)
+
+sync_problems = Table(
+    "sync_problems",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", ForeignKey("sync_runs.id"), nullable=False, index=True),
+    Column("entity_kind", String(40), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("entity_id", String(200)),
+    Column("outcome", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+)
+
+request_log = Table(
+    "request_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("direction", String(10), nullable=False),
+    Column("at", UtcDateTime, nullable=False, index=True),
+    Column("module", String(100)),
+    Column("connection", String(100)),
+    Column("tenant_id", String(64)),
+    Column("method", String(10), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("status", Integer),
+    Column("duration_ms", Integer),
+    Column("retries", Integer, nullable=False, default=0),
+    Column("outcome", String(40)),
+    Column("detail", Text),
+)

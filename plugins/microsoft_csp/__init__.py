@@ -1,0 +1,1 @@
+"""The Microsoft CSP module: Partner Center and Microsoft Graph into the PSA."""

@@ -1,0 +1,51 @@
+"""``[modules.microsoft_csp]``: connections to CSP partner tenants (guide sections 1–5)."""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from halo_integrator_core.config import Guid, SecretRef
+
+
+class RelationshipMode(enum.StrEnum):
+    """'Status of Tenant Relationships' (guide 4.1)."""
+
+    GDAP_AND_DAP = "gdap_and_dap"
+    GDAP_ONLY = "gdap_only"
+
+
+class LicenceImportType(enum.StrEnum):
+    """What is imported as licences (guide 5.1)."""
+
+    SKUS = "skus"
+    SUBSCRIPTIONS = "subscriptions"
+    SUBSCRIPTIONS_AND_SKUS = "subscriptions_and_skus"
+
+
+@attrs.frozen(kw_only=True)
+class AppRegistration:
+    """An Entra app registration: its client ID and where its secret is kept."""
+
+    client_id: Guid
+    client_secret: SecretRef
+
+
+@attrs.frozen(kw_only=True)
+class Connection:
+    """``[[modules.microsoft_csp.connections]]``: one CSP partner tenant."""
+
+    name: str
+    tenant_id: Guid
+    #: The single-tenant app that signs in to Partner Center (guide 2).
+    partner_center_app: AppRegistration
+    #: The multi-tenant app consented in each customer tenant (guide 3).
+    gdap_app: AppRegistration
+    relationship_mode: RelationshipMode = RelationshipMode.GDAP_AND_DAP
+    licence_import_type: LicenceImportType = LicenceImportType.SKUS
+
+
+@attrs.frozen(kw_only=True)
+class MicrosoftCspSettings:
+    connections: tuple[Connection, ...] = ()

@@ -1,0 +1,1 @@
+"""The subscription pricing module: NCE prices by market onto subscriptions (guide 5.2)."""
