@@ -62,9 +62,7 @@ class Guid(str):
         try:
             return cls(str(uuid.UUID(value.strip())))
         except ValueError:
-            raise ValueProblem(
-                f"not a GUID: {value!r} (expected 8-4-4-4-12 hex digits)"
-            ) from None
+            raise ValueProblem(f"not a GUID: {value!r} (expected 8-4-4-4-12 hex digits)") from None
 
 
 class HttpsUrl(str):
@@ -80,6 +78,32 @@ class HttpsUrl(str):
         if parts.scheme != "https" or not parts.hostname:
             raise ValueProblem(f"not an https URL: {value!r}")
         return cls(value.rstrip("/"))
+
+
+class DatabaseUrl(str):
+    """A SQLAlchemy database URL (``sqlite:///path``, ``postgresql+psycopg://...``)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> DatabaseUrl:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        if not isinstance(value, str):
+            raise ValueProblem(f"expected a database URL string, got {_describe(value)}")
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueProblem(
+                f"not a database URL: {value!r} (for example sqlite:///halo.db or "
+                "postgresql+psycopg://user@host/dbname)"
+            ) from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueProblem(
+                f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql"
+            )
+        return cls(value)
 
 
 @attrs.frozen
@@ -155,8 +179,8 @@ class Marketplace(enum.StrEnum):
 class StoreSettings:
     """``[store]``: where the PSA model and the integrator's state live."""
 
-    #: Any SQLAlchemy URL; empty means the SQLite file beside the config.
-    url: str | None = None
+    #: A SQLite or PostgreSQL URL; unset means the SQLite file beside the config.
+    url: DatabaseUrl | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -278,11 +302,15 @@ def _structure_module(value: Any, _: type) -> ModuleConfig:
     enabled = settings.pop("enabled", False)
     interval = settings.pop("interval_minutes", None)
     if type(enabled) is not bool:
-        problems.append(_noted(ValueProblem(f"expected a boolean, got {_describe(enabled)}"), "enabled"))
+        problems.append(
+            _noted(ValueProblem(f"expected a boolean, got {_describe(enabled)}"), "enabled")
+        )
     if interval is not None and (type(interval) is not int or interval < 1):
         problems.append(
-            _noted(ValueProblem(f"expected a whole number of minutes ≥ 1, got {_describe(interval)}"),
-                   "interval_minutes")
+            _noted(
+                ValueProblem(f"expected a whole number of minutes ≥ 1, got {_describe(interval)}"),
+                "interval_minutes",
+            )
         )
     if problems:
         raise cattrs.ClassValidationError("While structuring ModuleConfig", problems, ModuleConfig)
@@ -297,10 +325,16 @@ def _noted(exc: Exception, attribute: str) -> Exception:
 def make_converter() -> cattrs.Converter:
     """The strict converter for our own TOML (module settings types use it too)."""
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    for kind, name in ((str, "a string"), (int, "an integer"), (float, "a number"), (bool, "a boolean")):
+    for kind, name in (
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a number"),
+        (bool, "a boolean"),
+    ):
         converter.register_structure_hook(kind, _strict(kind, name))
     converter.register_structure_hook(Guid, lambda v, _: Guid.parse(v))
     converter.register_structure_hook(HttpsUrl, lambda v, _: HttpsUrl.parse(v))
+    converter.register_structure_hook(DatabaseUrl, lambda v, _: DatabaseUrl.parse(v))
     converter.register_structure_hook(SecretRef, lambda v, _: SecretRef.parse(v))
     converter.register_structure_hook(Path, _structure_path)
     converter.register_structure_hook(ModuleConfig, _structure_module)
@@ -377,8 +411,10 @@ def load_config(path: Path, *, missing_ok: bool = False) -> Config:
         if missing_ok:
             return Config(source=None)
         raise ConfigError(
-            [f"no configuration file at {path}: run `halo-integrator init` to write one, "
-             f"or point --config or ${CONFIG_ENV} at yours"],
+            [
+                f"no configuration file at {path}: run `halo-integrator init` to write one, "
+                f"or point --config or ${CONFIG_ENV} at yours"
+            ],
         ) from None
     try:
         data = tomllib.loads(text)
@@ -391,12 +427,38 @@ def load_config(path: Path, *, missing_ok: bool = False) -> Config:
     return attrs.evolve(config, source=path.resolve())
 
 
+def load_modules_only(path: Path) -> Config | None:
+    """The ``[modules]`` part of a file whose other parts are wrong, or ``None``.
+
+    Lets `config check` report the modules' own problems alongside the rest.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    raw = data.get("modules")
+    modules = {}
+    for name, table in raw.items() if isinstance(raw, dict) else ():
+        try:
+            modules[name] = structure(table, ModuleConfig)
+        except ConfigError:
+            # Reported already; keep what the module's settings can still be checked with.
+            if isinstance(table, dict) and table.get("enabled") is True:
+                settings = {
+                    k: v for k, v in table.items() if k not in ("enabled", "interval_minutes")
+                }
+                modules[name] = ModuleConfig(enabled=True, settings=settings)
+    return Config(modules=modules, source=path.resolve())
+
+
 def structure_module_settings(config: Config, name: str, settings_type: type | None) -> Any:
     """Structure ``[modules.<name>]`` with its plugin's settings type."""
     module = config.modules.get(name, ModuleConfig())
     if settings_type is None:
         if module.settings:
-            raise ConfigError([f"modules.{name}.{key}: unknown key" for key in sorted(module.settings)])
+            raise ConfigError(
+                [f"modules.{name}.{key}: unknown key" for key in sorted(module.settings)]
+            )
         return None
     return structure(dict(module.settings), settings_type, path=f"modules.{name}")
 

@@ -295,5 +295,12 @@ class Checkpoint:
 
 #: Anything a fetch hook may yield.
 StreamItem = (
-    Tenant | Licence | Subscription | DirectoryUser | ManagedDevice | Removed | RecordError | Checkpoint
+    Tenant
+    | Licence
+    | Subscription
+    | DirectoryUser
+    | ManagedDevice
+    | Removed
+    | RecordError
+    | Checkpoint
 )

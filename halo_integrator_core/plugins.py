@@ -153,7 +153,9 @@ class PluginHost:
         log.error("plugin.failed", plugin=name, error=error)
         self._infos[name] = self._info(name, enabled=True, loaded=False, error=error)
 
-    def _info(self, name: str, *, enabled: bool, loaded: bool, error: str | None = None) -> PluginInfo:
+    def _info(
+        self, name: str, *, enabled: bool, loaded: bool, error: str | None = None
+    ) -> PluginInfo:
         distribution, version = self._dist.get(name, (None, None))
         plugin = self.pm.get_plugin(name) if loaded else None
         hooks: tuple[str, ...] = ()
@@ -212,6 +214,11 @@ class PluginHost:
         if problems:
             raise ConfigError(problems, source=self.config.source)
         return active
+
+    def implements(self, module: str, hook: str) -> bool:
+        """Whether the plugin providing ``module`` implements ``hook``."""
+        plugin = self.pm.get_plugin(self._specs[module][0])
+        return any(impl.plugin is plugin for impl in getattr(self.pm.hook, hook).get_hookimpls())
 
     def hook_for(self, module: str) -> Any:
         """The hook relay of the one plugin that provides ``module``.

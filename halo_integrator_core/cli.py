@@ -1,0 +1,454 @@
+"""The `halo-integrator` command line.
+
+Exit status: 0 when all went well; 1 when a run had failures; 2 when the configuration or
+the command line is wrong (the message says which key or option, and how to fix it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, NoReturn
+
+import attrs
+import click
+import structlog
+import tomlkit
+
+from . import config as config_module
+from .config import Config, ConfigError, find_config, load_config
+from .export import EXPORTS, write_export
+from .logging import configure_logging
+from .plugins import PluginHost, entry_point_names
+from .store import Store, StoreError
+from .sync.engine import Change, Reporter, RunResult, SyncEngine, SyncError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class App:
+    """What the sub-commands share: the config path and, loaded on demand, the rest."""
+
+    def __init__(self, config_path: Path, log_format: str | None, log_level: str | None) -> None:
+        self.config_path = config_path
+        self.log_format = log_format
+        self.log_level = log_level
+        self._config: Config | None = None
+        self._logging_ready = False
+
+    def config(self, *, missing_ok: bool = False) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path, missing_ok=missing_ok)
+            except ConfigError as exc:
+                fail_config(exc)
+            self._setup_logging()
+        return self._config
+
+    def _setup_logging(self) -> None:
+        if self._logging_ready:
+            return
+        settings = self._config.logging if self._config else config_module.LoggingSettings()
+        try:
+            configure_logging(
+                format=self.log_format or settings.format.value,
+                level=self.log_level or settings.level,
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        self._logging_ready = True
+
+    def host(self, *, missing_ok: bool = False) -> PluginHost:
+        return PluginHost.load(self.config(missing_ok=missing_ok))
+
+    def store(self) -> Store:
+        try:
+            return Store.open(self.config().store_url)
+        except StoreError as exc:
+            click.echo(f"error: {exc}\nfix: check [store] url in {self.config_path}", err=True)
+            sys.exit(EXIT_USAGE)
+
+
+def fail_config(exc: ConfigError) -> NoReturn:
+    where = f"{exc.source}: " if exc.source else ""
+    count = len(exc.problems)
+    click.echo(f"{where}{count} configuration problem{'s' if count != 1 else ''}", err=True)
+    for problem in exc.problems:
+        click.echo(f"  {problem}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Configuration file (default: ${config_module.CONFIG_ENV}, then ./{config_module.CONFIG_FILENAME}).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    help="Readable console lines or JSON lines (default: [logging] format, auto).",
+)
+@click.option("--log-level", help="debug, info, warning or error (default: [logging] level).")
+@click.version_option(package_name="halo-integrator")
+@click.pass_context
+def cli(
+    ctx: click.Context, config_path: Path | None, log_format: str | None, log_level: str | None
+) -> None:
+    """An integrator host for managed service providers: Microsoft CSP into your PSA."""
+    ctx.obj = App(find_config(config_path), log_format, log_level)
+
+
+# --- init and config ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_obj
+def init(app: App, force: bool) -> None:
+    """Write a commented starter configuration."""
+    path = app.config_path
+    if path.exists() and not force:
+        click.echo(f"error: {path} already exists; use --force to overwrite it", err=True)
+        sys.exit(EXIT_USAGE)
+    starter = resources.files("halo_integrator_core").joinpath("starter.toml").read_text("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, starter)
+    click.echo(f"wrote {path}")
+    click.echo(
+        "next: add your connections and tenant mappings, then `halo-integrator config check`"
+    )
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check or show the configuration."""
+
+
+@config_group.command("check")
+@click.pass_obj
+def config_check(app: App) -> None:
+    """Validate the configuration file, module settings and secret references."""
+    problems: list[str] = []
+    try:
+        config = load_config(app.config_path)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        # Report the modules' own problems too, so one check shows everything.
+        config = config_module.load_modules_only(app.config_path)
+        if config is None:
+            fail_config(exc)
+    app._config = config
+    app._setup_logging()
+    host = PluginHost.load(config)
+    try:
+        modules = host.active_modules()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        modules = {}
+    problems.extend(
+        problem
+        for name, module in modules.items()
+        for problem in config_module.check_secrets(module.settings, f"modules.{name}")
+    )
+    if problems:
+        fail_config(ConfigError(problems, source=app.config_path))
+    enabled = ", ".join(sorted(modules)) or "none"
+    click.echo(f"{config.source}: configuration OK (enabled modules: {enabled})")
+
+
+@config_group.command("show")
+@click.pass_obj
+def config_show(app: App) -> None:
+    """Print the effective configuration, defaults filled in, secrets redacted."""
+    config = app.config()
+    host = app.host()
+    try:
+        modules = host.active_modules()
+    except ConfigError as exc:
+        fail_config(exc)
+    data: dict[str, Any] = config_module.converter.unstructure(config)
+    data.pop("source", None)
+    data["store"]["url"] = config.store_url
+    rendered_modules: dict[str, Any] = {}
+    for name, module_config in config.modules.items():
+        table: dict[str, Any] = {"enabled": module_config.enabled}
+        active = modules.get(name)
+        if active is not None:
+            table["interval_minutes"] = active.interval_minutes
+            if active.settings is not None:
+                table |= config_module.converter.unstructure(active.settings)
+        else:
+            table |= dict(module_config.settings)
+        rendered_modules[name] = table
+    data["modules"] = rendered_modules
+    click.echo(tomlkit.dumps(_toml_ready(config_module.redact_for_display(data))), nl=False)
+
+
+def _toml_ready(value: Any) -> Any:
+    """Plain types only, and no None (TOML has no null)."""
+    if isinstance(value, dict):
+        return {str(k): _toml_ready(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_toml_ready(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+# --- modules and plugins -----------------------------------------------------------------
+
+
+@cli.group("modules")
+def modules_group() -> None:
+    """Enable or disable modules in the configuration file."""
+
+
+@modules_group.command("enable")
+@click.argument("name")
+@click.pass_obj
+def modules_enable(app: App, name: str) -> None:
+    """Enable module NAME (edits the file in place, keeping comments)."""
+    _set_module_enabled(app, name, True)
+
+
+@modules_group.command("disable")
+@click.argument("name")
+@click.pass_obj
+def modules_disable(app: App, name: str) -> None:
+    """Disable module NAME (its plugin is then never imported)."""
+    _set_module_enabled(app, name, False)
+
+
+def _set_module_enabled(app: App, name: str, enabled: bool) -> None:
+    path = app.config_path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        click.echo(
+            f"error: no configuration file at {path}: run `halo-integrator init` first", err=True
+        )
+        sys.exit(EXIT_USAGE)
+    try:
+        document = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        click.echo(f"error: {path} is not valid TOML: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    known = set(entry_point_names())
+    modules = document.get("modules")
+    if name not in known and not (modules is not None and name in modules):
+        click.echo(
+            f"error: no installed plugin provides a module named {name!r} "
+            f"(installed: {', '.join(sorted(known)) or 'none'})",
+            err=True,
+        )
+        sys.exit(EXIT_USAGE)
+    if modules is None:
+        modules = tomlkit.table(is_super_table=True)
+        document["modules"] = modules
+    if name in modules:
+        modules[name]["enabled"] = enabled
+    else:
+        table = tomlkit.table()
+        table["enabled"] = enabled
+        modules[name] = table
+    _write_atomically(path, tomlkit.dumps(document))
+    click.echo(f"module {name} {'enabled' if enabled else 'disabled'} in {path}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_obj
+def plugins_command(app: App, as_json: bool) -> None:
+    """List plugins: version, modules, hooks, and whether each module is enabled."""
+    config = app.config(missing_ok=True)
+    host = PluginHost.load(config)
+    specs = host.module_specs()
+    rows = []
+    for info in host.plugins():
+        modules = []
+        for module_name in info.modules:
+            spec = specs.get(module_name)
+            modules.append(
+                {
+                    "name": module_name,
+                    "title": spec.title if spec else None,
+                    "enabled": config.module_enabled(module_name),
+                    "interval_minutes": (
+                        (
+                            config.modules[module_name].interval_minutes
+                            if module_name in config.modules
+                            else None
+                        )
+                        or (spec.default_interval_minutes if spec else None)
+                    ),
+                }
+            )
+        rows.append(attrs.asdict(info) | {"modules": modules})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+        return
+    for row in rows:
+        version = f" {row['version']}" if row["version"] else ""
+        dist = f" ({row['distribution']}{version})" if row["distribution"] else ""
+        click.echo(f"{row['name']}{dist}")
+        for module in row["modules"]:
+            state = "enabled" if module["enabled"] else "disabled"
+            title = f" — {module['title']}" if module["title"] else ""
+            click.echo(f"  module {module['name']}{title}: {state}")
+        if row["error"]:
+            click.echo(f"  error: {row['error']}")
+        elif row["loaded"]:
+            click.echo(f"  hooks: {', '.join(row['hooks'])}")
+        else:
+            click.echo("  hooks: not loaded (disabled modules are never imported)")
+
+
+# --- sync --------------------------------------------------------------------------------
+
+
+class TerminalReporter(Reporter):
+    """Progress on a terminal; in a dry run, each change on standard output."""
+
+    def __init__(self, *, dry_run: bool) -> None:
+        self.dry_run = dry_run
+        self.progress = sys.stderr.isatty()
+
+    def tenant_finished(self, module: str, index: int, total: int, tenant: Any) -> None:
+        if self.progress:
+            end = "\n" if index == total else ""
+            click.echo(
+                f"\r\x1b[K{module}: tenant {index}/{total} {tenant.name}", err=True, nl=False
+            )
+            click.echo(end, err=True, nl=False)
+
+    def change(self, change: Change) -> None:
+        if self.dry_run:
+            fields = f" ({', '.join(change.fields)})" if change.fields else ""
+            verb = {"added": "add", "updated": "update", "deactivated": "deactivate"}[change.action]
+            click.echo(
+                f"would {verb} {change.kind} {change.entity_id} of tenant {change.tenant_id}{fields}"
+            )
+
+
+@cli.command()
+@click.option("--module", help="Run only this module.")
+@click.option(
+    "--only",
+    multiple=True,
+    help="Only these entity kinds (tenants, licences, subscriptions, users, assets); repeatable or comma-separated.",
+)
+@click.option("--tenant", help="Only this tenant (ID or default domain).")
+@click.option("--dry-run", is_flag=True, help="Compute and print the changes; write nothing.")
+@click.pass_obj
+def sync(
+    app: App, module: str | None, only: tuple[str, ...], tenant: str | None, dry_run: bool
+) -> None:
+    """Run the enabled modules once and print a summary."""
+    config = app.config()
+    host = app.host()
+    store = app.store()
+    kinds = [kind.strip() for value in only for kind in value.split(",") if kind.strip()]
+    try:
+        engine = SyncEngine(store, config, host, reporter=TerminalReporter(dry_run=dry_run))
+        results = engine.run(module=module, only=kinds or None, tenant=tenant, dry_run=dry_run)
+    except ConfigError as exc:
+        fail_config(exc)
+    except SyncError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        store.close()
+    for result in results:
+        _print_summary(result)
+    if any(result.failed for result in results):
+        sys.exit(EXIT_FAILED)
+
+
+def _print_summary(result: RunResult) -> None:
+    title = f"{result.module}: {result.outcome}" + (
+        " (dry run: nothing written)" if result.dry_run else ""
+    )
+    click.echo(title)
+    if result.error:
+        click.echo(f"  error: {result.error}")
+    if result.note:
+        click.echo(f"  note: {result.note}")
+    headers = ["kind", "added", "updated", "unchanged", "deactivated", "skipped", "failed"]
+    rows = [[kind, *map(str, counts.as_dict().values())] for kind, counts in result.counts.items()]
+    if rows:
+        widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+        for row in [headers, *rows]:
+            click.echo(
+                "  "
+                + "  ".join(
+                    cell.rjust(w) if i else cell.ljust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
+    for problem in result.problems[:20]:
+        entity = (
+            f" {problem.entity_id}"
+            if problem.entity_id and problem.entity_id != problem.tenant_id
+            else ""
+        )
+        tenant = f" tenant {problem.tenant_id}" if problem.tenant_id else ""
+        click.echo(f"  {problem.outcome}: {problem.kind}{tenant}{entity}: {problem.reason}")
+    if result.problem_total > 20:
+        click.echo(
+            f"  … and {result.problem_total - 20} more (`halo-integrator export --what runs`, and the log)"
+        )
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--what", required=True, type=click.Choice(sorted(EXPORTS)), help="What to export.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv"]),
+    default="json",
+    show_default=True,
+    help="json: one JSON object per line; csv: a header, then one row per record.",
+)
+@click.pass_obj
+def export(app: App, what: str, fmt: str) -> None:
+    """Print what the store holds, one record per line."""
+    store = app.store()
+    try:
+        with store.read() as connection:
+            write_export(connection, what, sys.stdout, fmt)
+    finally:
+        store.close()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="halo-integrator")
+    except KeyboardInterrupt:
+        structlog.get_logger(__name__).warning("interrupted")
+        sys.exit(130)

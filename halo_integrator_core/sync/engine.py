@@ -1,0 +1,750 @@
+"""The sync engine: run a module's fetch hooks and bring the store in line with them.
+
+Order: tenants first, then for each mapped tenant licences, subscriptions, users and assets
+(the fetch hooks the module's plugin implements). Each (tenant, entity kind) is one unit of
+work: its records, the deactivation of what a complete listing no longer holds, and the new
+bookmark commit together or not at all. Records stream through in batches; nothing holds a
+whole tenant in memory. A bad record is counted and skipped; a failing tenant is counted
+and the others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection
+
+from ..config import Config
+from ..context import ModuleContext
+from ..models import Checkpoint, EntityKind, RecordError, Removed, Tenant, TenantAccess
+from ..plugins import ActiveModule, PluginHost
+from ..store import Store, schema, utcnow
+from .bookmarks import get_bookmark, save_bookmark
+from .mapping import (
+    ENTITY_RULES,
+    EntityRule,
+    TenantTarget,
+    apply_config_mappings,
+    resolve_tenant,
+    tenant_columns,
+)
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 500
+#: Problems kept per run in the store; the rest are still logged and counted.
+MAX_STORED_PROBLEMS = 1000
+
+
+@attrs.define
+class Counts:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deactivated: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    def add(self, other: Counts) -> None:
+        for field in attrs.fields(Counts):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+    def as_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class Change:
+    """One change a run makes (or, in a dry run, would make) to one entity."""
+
+    kind: str
+    tenant_id: str
+    entity_id: str
+    action: str  # added | updated | deactivated
+    fields: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Problem:
+    kind: str
+    tenant_id: str
+    entity_id: str | None
+    outcome: str  # skipped | failed
+    reason: str
+
+
+@attrs.define
+class RunResult:
+    module: str
+    run_id: int | None
+    dry_run: bool
+    outcome: str = "running"
+    counts: dict[str, Counts] = attrs.field(factory=dict)
+    problems: list[Problem] = attrs.field(factory=list)
+    problem_total: int = 0
+    error: str | None = None
+    note: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome != "succeeded"
+
+    def count(self, kind: str) -> Counts:
+        return self.counts.setdefault(kind, Counts())
+
+
+class Reporter:
+    """Hears what a run does; the command line shows progress and dry-run changes."""
+
+    def tenants_started(self, module: str, total: int) -> None: ...
+
+    def tenant_finished(self, module: str, index: int, total: int, tenant: Tenant) -> None: ...
+
+    def change(self, change: Change) -> None: ...
+
+
+class SyncError(Exception):
+    """A run could not start (bad option, unknown module)."""
+
+
+class SyncEngine:
+    """Runs modules once. The scheduler and `halo-integrator sync` both drive it."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        host: PluginHost,
+        *,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.host = host
+        self.reporter = reporter or Reporter()
+        self.modules = host.active_modules()
+
+    def run(
+        self,
+        *,
+        module: str | None = None,
+        only: Sequence[str] | None = None,
+        tenant: str | None = None,
+        dry_run: bool = False,
+    ) -> list[RunResult]:
+        if module is not None and module not in self.modules:
+            enabled = ", ".join(sorted(self.modules)) or "none"
+            raise SyncError(f"module {module!r} is not enabled (enabled modules: {enabled})")
+        kinds = _parse_kinds(only)
+        names = [module] if module else sorted(self.modules)
+        results = []
+        for name in names:
+            if dry_run:
+                with self.store.dry_run():
+                    results.append(self._run_module(self.modules[name], kinds, tenant, True))
+            else:
+                results.append(self._run_module(self.modules[name], kinds, tenant, False))
+        return results
+
+    # -- one module ------------------------------------------------------------------------
+
+    def _run_module(
+        self, active: ActiveModule, kinds: set[EntityKind], tenant_filter: str | None, dry_run: bool
+    ) -> RunResult:
+        options = {"only": sorted(kinds), "tenant": tenant_filter, "dry_run": dry_run}
+        with self.store.unit() as connection:
+            run_id = connection.execute(
+                sa.insert(schema.sync_runs).values(
+                    module=active.name, started_at=utcnow(), outcome="running", options=options
+                )
+            ).inserted_primary_key[0]
+        result = RunResult(module=active.name, run_id=run_id, dry_run=dry_run)
+        started = time.monotonic()
+        with structlog.contextvars.bound_contextvars(module=active.name, run_id=run_id):
+            context = ModuleContext(
+                module=active.name,
+                settings=active.settings,
+                integrator=self.config.integrator,
+                log=structlog.get_logger(f"halo_integrator.{active.name}"),
+                dry_run=dry_run,
+            )
+            runner = _ModuleRun(self, active, context, result, tenant_filter)
+            try:
+                runner.run(kinds)
+                failed = any(c.failed for c in runner.tenant_counts.values())
+                result.outcome = "completed_with_errors" if failed else "succeeded"
+            except Exception as exc:
+                log.exception("sync.module_failed", error=str(exc))
+                result.outcome = "failed"
+                result.error = _reason(exc)
+            runner.total()
+            self._finish(result, runner.tenant_counts)
+            log.info(
+                "sync.finished",
+                outcome=result.outcome,
+                seconds=round(time.monotonic() - started, 3),
+                dry_run=dry_run,
+                **{kind: counts.as_dict() for kind, counts in result.counts.items()},
+            )
+        return result
+
+    def _finish(self, result: RunResult, tenant_counts: dict[tuple[str, str], Counts]) -> None:
+        with self.store.unit() as connection:
+            if tenant_counts:
+                connection.execute(
+                    sa.insert(schema.sync_counts),
+                    [
+                        {
+                            "run_id": result.run_id,
+                            "entity_kind": kind,
+                            "tenant_id": tenant,
+                            **c.as_dict(),
+                        }
+                        for (kind, tenant), c in tenant_counts.items()
+                    ],
+                )
+            if result.problems:
+                now = utcnow()
+                connection.execute(
+                    sa.insert(schema.sync_problems),
+                    [
+                        {
+                            "run_id": result.run_id,
+                            "entity_kind": p.kind,
+                            "tenant_id": p.tenant_id,
+                            "entity_id": p.entity_id,
+                            "outcome": p.outcome,
+                            "reason": p.reason,
+                            "at": now,
+                        }
+                        for p in result.problems
+                    ],
+                )
+            connection.execute(
+                sa.update(schema.sync_runs)
+                .where(schema.sync_runs.c.id == result.run_id)
+                .values(finished_at=utcnow(), outcome=result.outcome, error=result.error)
+            )
+
+
+class _ModuleRun:
+    """The state of one module's run: its hooks, counts and problems."""
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        active: ActiveModule,
+        context: ModuleContext,
+        result: RunResult,
+        tenant_filter: str | None,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.config = engine.config
+        self.active = active
+        self.context = context
+        self.result = result
+        self.tenant_filter = tenant_filter.lower() if tenant_filter else None
+        self.hooks = engine.host.hook_for(active.name)
+        self.run_id = result.run_id
+        self.tenant_counts: dict[tuple[str, str], Counts] = {}
+
+    @property
+    def module(self) -> str:
+        return self.active.name
+
+    def implements(self, hook: str) -> bool:
+        return self.engine.host.implements(self.module, hook)
+
+    def counts(self, kind: str, tenant_id: str) -> Counts:
+        return self.tenant_counts.setdefault((kind, tenant_id), Counts())
+
+    def problem(self, problem: Problem) -> None:
+        self.result.problem_total += 1
+        if len(self.result.problems) < MAX_STORED_PROBLEMS:
+            self.result.problems.append(problem)
+        logger = log.error if problem.outcome == "failed" else log.warning
+        logger(
+            "sync.record_" + problem.outcome,
+            kind=problem.kind,
+            tenant=problem.tenant_id,
+            entity_id=problem.entity_id,
+            reason=problem.reason,
+        )
+
+    def run(self, kinds: set[EntityKind]) -> None:
+        if EntityKind.TENANTS in kinds and self.implements("fetch_tenants"):
+            self.sync_tenants()
+        rules = [
+            rule
+            for kind, rule in ENTITY_RULES.items()
+            if kind in kinds and self.implements(rule.hook)
+        ]
+        if not rules or not self.implements("fetch_tenants"):
+            if not self.implements("fetch_tenants") and not rules:
+                self.result.note = "its plugin implements no fetch hook: nothing to sync"
+            return
+        targets = self.resolve_targets()
+        self.engine.reporter.tenants_started(self.module, len(targets))
+        for index, target in enumerate(targets, start=1):
+            with structlog.contextvars.bound_contextvars(
+                tenant=target.tenant.tenant_id, connection=target.tenant.connection
+            ):
+                for rule in rules:
+                    self.sync_entity_kind(rule, target)
+            self.engine.reporter.tenant_finished(self.module, index, len(targets), target.tenant)
+
+    def total(self) -> None:
+        for (kind, _), counts in self.tenant_counts.items():
+            self.result.count(kind).add(counts)
+
+    # -- tenants ---------------------------------------------------------------------------
+
+    def sync_tenants(self) -> None:
+        kind = EntityKind.TENANTS.value
+        counts = Counts()
+        try:
+            with self.store.unit() as connection:
+                apply_config_mappings(connection, self.config)
+                complete = True
+                for batch in _batched(self._stream(self.hooks.fetch_tenants(context=self.context))):
+                    tenants: list[Tenant] = []
+                    for item in batch:
+                        if isinstance(item, Tenant):
+                            tenants.append(item)
+                        elif isinstance(item, Checkpoint):
+                            complete = item.complete
+                        else:
+                            self._bad_item(kind, "", item, counts)
+                    self._upsert_tenants(connection, tenants, counts)
+                if complete:
+                    self._deactivate_unseen_tenants(connection, counts)
+        except Exception as exc:
+            # The stored tenants are still good to sync; say so and go on with them.
+            counts = Counts(failed=1)
+            self.problem(Problem(kind, "", None, "failed", _reason(exc)))
+        self.counts(kind, "").add(counts)
+
+    def _upsert_tenants(
+        self, connection: Connection, tenants: list[Tenant], counts: Counts
+    ) -> None:
+        table = schema.tenants
+        now = utcnow()
+        for tenant in tenants:
+            where = (
+                table.c.module == self.module,
+                table.c.connection == (tenant.connection or ""),
+                table.c.tenant_id == tenant.tenant_id,
+            )
+            row = connection.execute(sa.select(table).where(*where)).one_or_none()
+            values = tenant_columns(tenant)
+            if row is None:
+                connection.execute(
+                    sa.insert(table).values(
+                        module=self.module,
+                        connection=tenant.connection or "",
+                        tenant_id=tenant.tenant_id,
+                        **values,
+                        active=True,
+                        created_at=now,
+                        updated_at=now,
+                        seen_run_id=self.run_id,
+                    )
+                )
+                counts.added += 1
+                self._change("tenants", tenant.tenant_id, tenant.tenant_id, "added")
+                continue
+            changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
+            if changed or not row.active:
+                counts.updated += 1
+                self._change("tenants", tenant.tenant_id, tenant.tenant_id, "updated", changed)
+                values |= {"active": True, "inactive_since": None, "updated_at": now}
+            else:
+                counts.unchanged += 1
+                values = {}
+            connection.execute(
+                sa.update(table).where(*where).values(**values, seen_run_id=self.run_id)
+            )
+
+    def _deactivate_unseen_tenants(self, connection: Connection, counts: Counts) -> None:
+        table = schema.tenants
+        where = (
+            table.c.module == self.module,
+            table.c.active.is_(True),
+            sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != self.run_id),
+        )
+        for tenant_id in connection.execute(sa.select(table.c.tenant_id).where(*where)).scalars():
+            self._change("tenants", tenant_id, tenant_id, "deactivated")
+            counts.deactivated += 1
+        now = utcnow()
+        connection.execute(
+            sa.update(table).where(*where).values(active=False, inactive_since=now, updated_at=now)
+        )
+
+    def resolve_targets(self) -> list[TenantTarget]:
+        """The stored, active tenants of this module, mapped to their customers."""
+        table = schema.tenants
+        targets = []
+        counts = self.counts(EntityKind.TENANTS.value, "")
+        with self.store.unit() as connection:
+            if not self.implements("fetch_tenants") or not self._tenants_synced:
+                apply_config_mappings(connection, self.config)
+            rows = connection.execute(
+                sa.select(table)
+                .where(table.c.module == self.module, table.c.active.is_(True))
+                .order_by(table.c.name, table.c.tenant_id)
+            ).all()
+            for row in rows:
+                if self.tenant_filter and self.tenant_filter not in (
+                    row.tenant_id.lower(),
+                    (row.default_domain or "").lower(),
+                ):
+                    continue
+                tenant = _tenant_of(row)
+                target = resolve_tenant(connection, self.config, self.module, row.id, tenant)
+                if target.importable:
+                    targets.append(target)
+                    continue
+                counts.skipped += 1
+                reason = (
+                    "the tenant mapping says do not import"
+                    if target.do_not_import
+                    else "no tenant mapping: add a [[tenant_mappings]] entry with tenant_id = "
+                    f'"{row.tenant_id}" and customer = "..." (or do_not_import = true), '
+                    "or set integrator.create_customers_from_tenants = true"
+                )
+                self.problem(Problem("tenants", row.tenant_id, row.tenant_id, "skipped", reason))
+        if self.tenant_filter and not rows:
+            raise SyncError(f"no tenants stored for module {self.module}")
+        if self.tenant_filter and not targets and not counts.skipped:
+            raise SyncError(
+                f"no active tenant of module {self.module} has the ID or domain {self.tenant_filter!r}"
+            )
+        return targets
+
+    @property
+    def _tenants_synced(self) -> bool:
+        return (EntityKind.TENANTS.value, "") in self.tenant_counts
+
+    # -- per-tenant entities ---------------------------------------------------------------
+
+    def sync_entity_kind(self, rule: EntityRule, target: TenantTarget) -> None:
+        tenant_id = target.tenant.tenant_id
+        counts = Counts()
+        try:
+            with self.store.unit() as connection:
+                _EntityUnit(self, rule, target, connection, counts).run()
+        except Exception as exc:
+            # Nothing of the unit was committed: count the tenant's kind as one failure.
+            counts = Counts(failed=1)
+            self.problem(Problem(rule.kind.value, tenant_id, None, "failed", _reason(exc)))
+        else:
+            log.info("sync.entities", kind=rule.kind.value, **counts.as_dict())
+        self.counts(rule.kind.value, tenant_id).add(counts)
+        error = self.result.problems[-1].reason if counts.failed and self.result.problems else None
+        with self.store.unit() as connection:
+            connection.execute(
+                sa.update(schema.tenants)
+                .where(schema.tenants.c.id == target.tenant_ref)
+                .values(last_synced_at=utcnow(), last_error=error)
+            )
+
+    def _stream(self, results: Iterable[Any]) -> Iterator[Any]:
+        for result in results:
+            if result is not None:
+                yield from result
+
+    def _bad_item(self, kind: str, tenant_id: str, item: Any, counts: Counts) -> None:
+        counts.failed += 1
+        if isinstance(item, RecordError):
+            self.problem(Problem(kind, tenant_id, item.entity_id, "failed", item.reason))
+        else:
+            self.problem(
+                Problem(
+                    kind,
+                    tenant_id,
+                    None,
+                    "failed",
+                    f"the plugin yielded {type(item).__name__}, "
+                    f"which is not a record of kind {kind}",
+                )
+            )
+
+    def _change(
+        self, kind: str, tenant_id: str, entity_id: str, action: str, fields: tuple[str, ...] = ()
+    ) -> None:
+        self.engine.reporter.change(Change(kind, tenant_id, entity_id, action, fields))
+
+
+class _EntityUnit:
+    """One (tenant, entity kind) unit: stream, upsert, deactivate, bookmark."""
+
+    def __init__(
+        self,
+        run: _ModuleRun,
+        rule: EntityRule,
+        target: TenantTarget,
+        connection: Connection,
+        counts: Counts,
+    ) -> None:
+        self.run_state = run
+        self.rule = rule
+        self.target = target
+        self.connection = connection
+        self.counts = counts
+        self.table = rule.table
+        self.kind = rule.kind.value
+        self.tenant_id = target.tenant.tenant_id
+        tenant = target.tenant
+        self.tenant_key = (
+            f"{tenant.connection}/{tenant.tenant_id}" if tenant.connection else tenant.tenant_id
+        )
+        self.deactivates = not (
+            rule.kind is EntityKind.USERS and not run.config.integrator.deactivate_users_not_found
+        )
+
+    def run(self) -> None:
+        run = self.run_state
+        bookmark = get_bookmark(self.connection, run.module, self.kind, self.tenant_key)
+        hook = getattr(run.hooks, self.rule.hook)
+        stream = run._stream(
+            hook(context=run.context, tenant=self.target.tenant, bookmark=bookmark)
+        )
+        complete, new_bookmark = True, None
+        for batch in _batched(stream):
+            records, removed, errored = [], [], []
+            for item in batch:
+                if isinstance(item, self.rule.record_type):
+                    records.append(item)
+                elif isinstance(item, Removed):
+                    removed.append(item.entity_id)
+                elif isinstance(item, Checkpoint):
+                    complete, new_bookmark = item.complete, item.bookmark
+                else:
+                    run._bad_item(self.kind, self.tenant_id, item, self.counts)
+                    if isinstance(item, RecordError) and item.entity_id:
+                        errored.append(item.entity_id)
+            self.upsert(records)
+            # A record that failed translation is still there upstream: keep it as it was.
+            self.mark_seen(errored)
+            if removed and self.deactivates:
+                self.deactivate(self.table.c.external_id.in_(removed))
+        if complete and self.deactivates:
+            self.deactivate(
+                sa.or_(self.table.c.seen_run_id.is_(None), self.table.c.seen_run_id != run.run_id)
+            )
+        save_bookmark(self.connection, run.module, self.kind, self.tenant_key, new_bookmark)
+
+    def upsert(self, records: list[Any]) -> None:
+        if not records:
+            return
+        table, run, now = self.table, self.run_state, utcnow()
+        by_id = {record.entity_id: record for record in records}
+        existing = {
+            row.external_id: row
+            for row in self.connection.execute(
+                sa.select(table).where(
+                    table.c.tenant_ref == self.target.tenant_ref,
+                    table.c.external_id.in_(list(by_id)),
+                )
+            )
+        }
+        links = self.rule.links(self.connection, self.target, records) if self.rule.links else None
+        inserts, updates, unchanged = [], [], []
+        for entity_id, record in by_id.items():
+            columns = (
+                self.rule.columns(record, self.target, links.get(entity_id))
+                if links is not None
+                else self.rule.columns(record, self.target)
+            )
+            values = columns | {"customer_id": self.target.customer_id}
+            row = existing.get(entity_id)
+            if row is None:
+                inserts.append(
+                    values
+                    | {
+                        "tenant_ref": self.target.tenant_ref,
+                        "external_id": entity_id,
+                        "active": True,
+                        "created_at": now,
+                        "updated_at": now,
+                        "seen_run_id": run.run_id,
+                    }
+                )
+                self.counts.added += 1
+                run._change(self.kind, self.tenant_id, entity_id, "added")
+                continue
+            changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
+            if changed or not row.active:
+                updates.append(
+                    {f"b_{k}": v for k, v in values.items()}
+                    | {"b_id": row.id, "b_updated_at": now, "b_seen_run_id": run.run_id}
+                )
+                self.counts.updated += 1
+                run._change(self.kind, self.tenant_id, entity_id, "updated", changed or ("active",))
+            else:
+                unchanged.append(row.id)
+                self.counts.unchanged += 1
+        if inserts:
+            self.connection.execute(sa.insert(table), inserts)
+        if updates:
+            columns = [k[2:] for k in updates[0] if k != "b_id"]
+            self.connection.execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("b_id"))
+                .values(
+                    {c: sa.bindparam(f"b_{c}") for c in columns}
+                    | {"active": True, "inactive_since": None}
+                ),
+                updates,
+            )
+        if unchanged:
+            self.connection.execute(
+                sa.update(table).where(table.c.id.in_(unchanged)).values(seen_run_id=run.run_id)
+            )
+        if self.rule.kind is EntityKind.USERS:
+            self.assign_licences(by_id)
+
+    def mark_seen(self, entity_ids: list[str]) -> None:
+        if entity_ids:
+            self.connection.execute(
+                sa.update(self.table)
+                .where(
+                    self.table.c.tenant_ref == self.target.tenant_ref,
+                    self.table.c.external_id.in_(entity_ids),
+                )
+                .values(seen_run_id=self.run_state.run_id)
+            )
+
+    def deactivate(self, condition: sa.ColumnElement[bool]) -> None:
+        table = self.table
+        where = (table.c.tenant_ref == self.target.tenant_ref, table.c.active.is_(True), condition)
+        rows = self.connection.execute(
+            sa.select(table.c.id, table.c.external_id).where(*where)
+        ).all()
+        if not rows:
+            return
+        now = utcnow()
+        ids = [row.id for row in rows]
+        for row in rows:
+            self.run_state._change(self.kind, self.tenant_id, row.external_id, "deactivated")
+        self.counts.deactivated += len(rows)
+        for chunk in _batched(ids):
+            self.connection.execute(
+                sa.update(table)
+                .where(table.c.id.in_(chunk))
+                .values(active=False, inactive_since=now, updated_at=now)
+            )
+            if self.rule.kind is EntityKind.USERS:
+                assignments = schema.licence_assignments
+                self.connection.execute(
+                    sa.update(assignments)
+                    .where(assignments.c.user_id.in_(chunk), assignments.c.active.is_(True))
+                    .values(active=False, inactive_since=now, updated_at=now)
+                )
+
+    def assign_licences(self, users: dict[str, Any]) -> None:
+        """Make each user's licence assignments those of its `assigned_sku_ids`."""
+        licences, assignments, table = schema.licences, schema.licence_assignments, self.table
+        if not hasattr(self, "_licence_ids"):
+            self._licence_ids = dict(
+                self.connection.execute(
+                    sa.select(licences.c.external_id, licences.c.id).where(
+                        licences.c.tenant_ref == self.target.tenant_ref
+                    )
+                ).all()
+            )
+        user_ids = dict(
+            self.connection.execute(
+                sa.select(table.c.external_id, table.c.id).where(
+                    table.c.tenant_ref == self.target.tenant_ref,
+                    table.c.external_id.in_(list(users)),
+                )
+            ).all()
+        )
+        wanted = {
+            (self._licence_ids[sku], user_ids[object_id])
+            for object_id, user in users.items()
+            for sku in user.assigned_sku_ids
+            if sku in self._licence_ids
+        }
+        current = {
+            (row.licence_id, row.user_id): row.active
+            for row in self.connection.execute(
+                sa.select(assignments).where(assignments.c.user_id.in_(list(user_ids.values())))
+            )
+        }
+        now = utcnow()
+        new = [
+            {
+                "licence_id": lid,
+                "user_id": uid,
+                "active": True,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for lid, uid in wanted - current.keys()
+        ]
+        if new:
+            self.connection.execute(sa.insert(assignments), new)
+        for (lid, uid), active in current.items():
+            if ((lid, uid) in wanted) != active:
+                self.connection.execute(
+                    sa.update(assignments)
+                    .where(assignments.c.licence_id == lid, assignments.c.user_id == uid)
+                    .values(
+                        active=not active,
+                        inactive_since=None if not active else now,
+                        updated_at=now,
+                    )
+                )
+
+
+def _batched(items: Iterable[Any], size: int = BATCH_SIZE) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _parse_kinds(only: Sequence[str] | None) -> set[EntityKind]:
+    if not only:
+        return set(EntityKind)
+    kinds = set()
+    for name in only:
+        try:
+            kinds.add(EntityKind(name))
+        except ValueError:
+            choices = ", ".join(k.value for k in EntityKind)
+            raise SyncError(
+                f"--only {name!r}: not an entity kind (choose from {choices})"
+            ) from None
+    return kinds
+
+
+def _access(value: str) -> TenantAccess:
+    try:
+        return TenantAccess(value)
+    except ValueError:
+        return TenantAccess.UNKNOWN
+
+
+def _tenant_of(row: Any) -> Tenant:
+    return Tenant(
+        tenant_id=row.tenant_id,
+        name=row.name,
+        connection=row.connection or None,
+        default_domain=row.default_domain,
+        access=_access(row.access),
+        access_detail=row.access_detail,
+        attributes=row.attributes,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

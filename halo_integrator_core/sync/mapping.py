@@ -1,0 +1,334 @@
+"""Mapping rules: tenants to customers, and records to rows of the PSA model.
+
+A tenant is imported for a customer when a tenant mapping names one (from the config, or
+created from the tenant when `create_customers_from_tenants` is on); a mapping may instead
+say *do not import*. Records of a mapped tenant land at the customer's main site until
+site mappings say otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..config import Config
+from ..models import DirectoryUser, EntityKind, Licence, ManagedDevice, Subscription, Tenant
+from ..store import schema, utcnow
+
+MAIN_SITE = "Main"
+
+
+@attrs.frozen
+class TenantTarget:
+    """Where a tenant's records go: its row, and its customer unless it is not imported."""
+
+    tenant_ref: int
+    tenant: Tenant
+    customer_id: int | None
+    main_site_id: int | None
+    do_not_import: bool
+
+    @property
+    def importable(self) -> bool:
+        return self.customer_id is not None and not self.do_not_import
+
+
+def ensure_customer(connection: Connection, name: str, *, source: str) -> tuple[int, int]:
+    """The customer called ``name`` and its main site, created if missing."""
+    now = utcnow()
+    customer_id = connection.execute(
+        sa.select(schema.customers.c.id).where(schema.customers.c.name == name)
+    ).scalar_one_or_none()
+    if customer_id is None:
+        customer_id = connection.execute(
+            sa.insert(schema.customers).values(
+                name=name, source=source, active=True, created_at=now, updated_at=now
+            )
+        ).inserted_primary_key[0]
+    site_id = connection.execute(
+        sa.select(schema.sites.c.id).where(
+            schema.sites.c.customer_id == customer_id, schema.sites.c.is_main.is_(True)
+        )
+    ).scalar_one_or_none()
+    if site_id is None:
+        site_id = connection.execute(
+            sa.insert(schema.sites).values(
+                customer_id=customer_id,
+                name=MAIN_SITE,
+                is_main=True,
+                active=True,
+                created_at=now,
+                updated_at=now,
+            )
+        ).inserted_primary_key[0]
+    return customer_id, site_id
+
+
+def apply_config_mappings(connection: Connection, config: Config) -> None:
+    """Make the store's config-sourced tenant mappings exactly those of the config."""
+    table = schema.tenant_mappings
+    now = utcnow()
+    wanted: dict[tuple[str, str], tuple[int | None, bool]] = {}
+    for mapping in config.tenant_mappings:
+        customer_id = None
+        if mapping.customer and not mapping.do_not_import:
+            customer_id, _ = ensure_customer(connection, mapping.customer, source="config")
+        wanted[(str(mapping.tenant_id), mapping.module or "")] = (
+            customer_id,
+            mapping.do_not_import,
+        )
+    existing = {
+        (row.tenant_id, row.module): row
+        for row in connection.execute(sa.select(table).where(table.c.source == "config"))
+    }
+    for key, row in existing.items():
+        if key not in wanted:
+            connection.execute(sa.delete(table).where(table.c.id == row.id))
+    for (tenant_id, module), (customer_id, do_not_import) in wanted.items():
+        values = {"customer_id": customer_id, "do_not_import": do_not_import, "source": "config"}
+        # A config mapping replaces one created from the tenant earlier.
+        updated = connection.execute(
+            sa.update(table)
+            .where(table.c.tenant_id == tenant_id, table.c.module == module)
+            .values(**values, updated_at=now)
+        ).rowcount
+        if not updated:
+            connection.execute(
+                sa.insert(table).values(
+                    tenant_id=tenant_id, module=module, **values, created_at=now, updated_at=now
+                )
+            )
+
+
+def resolve_tenant(
+    connection: Connection, config: Config, module: str, tenant_ref: int, tenant: Tenant
+) -> TenantTarget:
+    """Apply the tenant mappings to one stored tenant, creating a customer if configured."""
+    table = schema.tenant_mappings
+    rows = connection.execute(
+        sa.select(table).where(
+            table.c.tenant_id == tenant.tenant_id, table.c.module.in_(["", module])
+        )
+    ).all()
+    # A mapping for this module wins over one for every module.
+    row = max(rows, key=lambda r: r.module != "", default=None)
+    if row is None and config.integrator.create_customers_from_tenants:
+        customer_id, _ = ensure_customer(connection, tenant.name, source="tenant")
+        now = utcnow()
+        connection.execute(
+            sa.insert(table).values(
+                tenant_id=tenant.tenant_id,
+                module="",
+                customer_id=customer_id,
+                do_not_import=False,
+                source="created",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        row = connection.execute(
+            sa.select(table).where(table.c.tenant_id == tenant.tenant_id, table.c.module == "")
+        ).one()
+    customer_id = row.customer_id if row is not None else None
+    do_not_import = bool(row.do_not_import) if row is not None else False
+    main_site_id = None
+    if customer_id is not None:
+        main_site_id = connection.execute(
+            sa.select(schema.sites.c.id).where(
+                schema.sites.c.customer_id == customer_id, schema.sites.c.is_main.is_(True)
+            )
+        ).scalar_one_or_none()
+    connection.execute(
+        sa.update(schema.tenants)
+        .where(schema.tenants.c.id == tenant_ref)
+        .values(customer_id=customer_id, do_not_import=do_not_import)
+    )
+    return TenantTarget(tenant_ref, tenant, customer_id, main_site_id, do_not_import)
+
+
+# --- records → columns -------------------------------------------------------------------
+
+
+def utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def tenant_columns(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "name": tenant.name,
+        "default_domain": tenant.default_domain,
+        "access": str(tenant.access),
+        "access_detail": tenant.access_detail,
+        "attributes": _json_safe(tenant.attributes),
+    }
+
+
+def licence_columns(record: Licence, target: TenantTarget) -> dict[str, Any]:
+    return {
+        "sku_part_number": record.sku_part_number,
+        "name": record.name,
+        "total_units": record.total_units,
+        "consumed_units": record.consumed_units,
+        "suspended_units": record.suspended_units,
+        "warning_units": record.warning_units,
+        "capability_status": record.capability_status,
+        "attributes": _json_safe(record.attributes),
+    }
+
+
+def subscription_columns(record: Subscription, target: TenantTarget) -> dict[str, Any]:
+    return {
+        "offer_id": record.offer_id,
+        "name": record.name,
+        "quantity": record.quantity,
+        "unit_type": record.unit_type,
+        "status": record.status,
+        "billing_cycle": record.billing_cycle,
+        "term_duration": record.term_duration,
+        "auto_renew": record.auto_renew,
+        "started_at": utc(record.created_at),
+        "effective_start": utc(record.effective_start),
+        "commitment_end": utc(record.commitment_end),
+        "attributes": _json_safe(record.attributes),
+    }
+
+
+def user_columns(record: DirectoryUser, target: TenantTarget) -> dict[str, Any]:
+    # The default field mappings (guide 6.2); the UPN is the network login.
+    return {
+        "site_id": target.main_site_id,
+        "user_principal_name": record.user_principal_name,
+        "display_name": record.display_name,
+        "first_name": record.given_name,
+        "surname": record.surname,
+        "email": record.mail,
+        "network_login": record.user_principal_name,
+        "job_title": record.job_title,
+        "department": record.department,
+        "office_location": record.office_location,
+        "phone": record.business_phones[0] if record.business_phones else None,
+        "mobile": record.mobile_phone,
+        "employee_id": record.employee_id,
+        "account_enabled": record.account_enabled,
+        "user_type": record.user_type,
+        "attributes": _json_safe(
+            {**record.attributes, "assignedSkuIds": list(record.assigned_sku_ids)}
+        ),
+    }
+
+
+def device_owners(
+    connection: Connection, target: TenantTarget, devices: list[ManagedDevice]
+) -> dict[str, tuple[int, int | None]]:
+    """The stored user (and their site) of each device, by user ID, then by UPN."""
+    users = schema.users
+    object_ids = {d.user_id for d in devices if d.user_id}
+    upns = {d.user_principal_name.lower() for d in devices if d.user_principal_name}
+    if not object_ids and not upns:
+        return {}
+    rows = connection.execute(
+        sa.select(
+            users.c.id, users.c.site_id, users.c.external_id, users.c.user_principal_name
+        ).where(
+            users.c.tenant_ref == target.tenant_ref,
+            users.c.active.is_(True),
+            sa.or_(
+                users.c.external_id.in_(object_ids),
+                sa.func.lower(users.c.user_principal_name).in_(upns),
+            ),
+        )
+    ).all()
+    by_object_id = {row.external_id: (row.id, row.site_id) for row in rows}
+    by_upn = {row.user_principal_name.lower(): (row.id, row.site_id) for row in rows}
+    owners = {}
+    for device in devices:
+        owner = by_object_id.get(device.user_id or "") or by_upn.get(
+            (device.user_principal_name or "").lower()
+        )
+        if owner is not None:
+            owners[device.device_id] = owner
+    return owners
+
+
+def asset_columns(
+    record: ManagedDevice, target: TenantTarget, owner: tuple[int, int | None] | None = None
+) -> dict[str, Any]:
+    user_id, user_site_id = owner or (None, None)
+    return {
+        "user_id": user_id,
+        # A device goes to its user's site; with no user, to the customer's main site.
+        "site_id": user_site_id or target.main_site_id,
+        "device_name": record.device_name,
+        "serial_number": record.serial_number,
+        "manufacturer": record.manufacturer,
+        "model": record.model,
+        "operating_system": record.operating_system,
+        "os_version": record.os_version,
+        "compliance_state": record.compliance_state,
+        "last_sync_at": utc(record.last_sync_at),
+        "enrolled_at": utc(record.enrolled_at),
+        "imei": record.imei,
+        "wifi_mac": record.wifi_mac,
+        "azure_ad_device_id": record.azure_ad_device_id,
+        "management_agent": record.management_agent,
+        "attributes": _json_safe(record.attributes),
+    }
+
+
+@attrs.frozen
+class EntityRule:
+    """How one entity kind is stored: its table, record type, hook and column mapping."""
+
+    kind: EntityKind
+    table: sa.Table
+    record_type: type
+    hook: str
+    columns: Callable[..., dict[str, Any]]
+    #: Looks up, per batch, what each record links to (``{entity_id: link}``), handed to
+    #: ``columns`` as its third argument.
+    links: Callable[[Connection, TenantTarget, list[Any]], dict[str, Any]] | None = None
+
+
+ENTITY_RULES: dict[EntityKind, EntityRule] = {
+    rule.kind: rule
+    for rule in (
+        EntityRule(
+            EntityKind.LICENCES, schema.licences, Licence, "fetch_licences", licence_columns
+        ),
+        EntityRule(
+            EntityKind.SUBSCRIPTIONS,
+            schema.subscriptions,
+            Subscription,
+            "fetch_subscriptions",
+            subscription_columns,
+        ),
+        EntityRule(EntityKind.USERS, schema.users, DirectoryUser, "fetch_users", user_columns),
+        EntityRule(
+            EntityKind.ASSETS,
+            schema.assets,
+            ManagedDevice,
+            "fetch_assets",
+            asset_columns,
+            links=device_owners,
+        ),
+    )
+}
