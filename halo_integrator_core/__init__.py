@@ -1,11 +1,13 @@
 """halo-integrator: an open, pluggable integrator host for managed service providers.
 
 Plugins import only what this package exports: the ``hookimpl`` marker, the record types
-that cross the hook boundary, and the `ModuleContext` they are handed.
+that cross the hook boundary, the `ModuleContext` they are handed, and the value types their
+settings use (`Guid`, `HttpsUrl`, `SecretRef`).
 """
 
 import pluggy
 
+from .config import Guid, HttpsUrl, SecretRef
 from .context import ModuleContext
 from .hookspecs import PROJECT_NAME
 from .models import (
@@ -32,6 +34,8 @@ __all__ = [
     "Checkpoint",
     "DirectoryUser",
     "EntityKind",
+    "Guid",
+    "HttpsUrl",
     "Licence",
     "ManagedDevice",
     "ModuleContext",
@@ -39,6 +43,7 @@ __all__ = [
     "Price",
     "RecordError",
     "Removed",
+    "SecretRef",
     "Subscription",
     "Tenant",
     "TenantAccess",

@@ -110,10 +110,14 @@ def cli(
 
 @cli.command()
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--exist-ok", is_flag=True, help="Leave an existing file as it is and succeed.")
 @click.pass_obj
-def init(app: App, force: bool) -> None:
+def init(app: App, force: bool, exist_ok: bool) -> None:
     """Write a commented starter configuration."""
     path = app.config_path
+    if path.exists() and exist_ok and not force:
+        click.echo(f"{path} exists: left as it is")
+        return
     if path.exists() and not force:
         click.echo(f"error: {path} already exists; use --force to overwrite it", err=True)
         sys.exit(EXIT_USAGE)
@@ -194,6 +198,10 @@ def config_show(app: App) -> None:
 def _toml_ready(value: Any) -> Any:
     """Plain types only, and no None (TOML has no null)."""
     if isinstance(value, dict):
+        if value and set(value) <= {"env", "file"}:  # a secret reference reads best inline
+            inline = tomlkit.inline_table()
+            inline.update({k: str(v) for k, v in value.items()})
+            return inline
         return {str(k): _toml_ready(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [_toml_ready(v) for v in value]

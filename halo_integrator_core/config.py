@@ -27,6 +27,7 @@ from cattrs.errors import (
     ForbiddenExtraKeysError,
     IterableValidationNote,
 )
+from cattrs.gen import make_dict_structure_fn
 
 CONFIG_FILENAME = "halo-integrator.toml"
 CONFIG_ENV = "HALO_INTEGRATOR_CONFIG"
@@ -322,6 +323,23 @@ def _noted(exc: Exception, attribute: str) -> Exception:
     return exc
 
 
+def _table_structurer(cls: type, converter: cattrs.Converter) -> Any:
+    """Structure attrs classes from TOML tables only, with a clear word for anything else."""
+    structure_table = make_dict_structure_fn(
+        cls,
+        converter,
+        _cattrs_forbid_extra_keys=True,
+        _cattrs_detailed_validation=True,
+    )
+
+    def structure(value: Any, _: type) -> Any:
+        if not isinstance(value, Mapping):
+            raise ValueProblem(f"expected a table, got {_describe(value)}")
+        return structure_table(value, cls)
+
+    return structure
+
+
 def make_converter() -> cattrs.Converter:
     """The strict converter for our own TOML (module settings types use it too)."""
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
@@ -341,6 +359,7 @@ def make_converter() -> cattrs.Converter:
     # StrEnum before str: singledispatch follows the MRO, where str comes before Enum.
     converter.register_structure_hook(enum.Enum, _structure_enum)
     converter.register_structure_hook(enum.StrEnum, _structure_enum)
+    converter.register_structure_hook_factory(attrs.has, _table_structurer)
     converter.register_unstructure_hook(Path, str)
     converter.register_unstructure_hook(SecretRef, _unstructure_secret)
     return converter

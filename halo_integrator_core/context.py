@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
-    from .config import IntegratorSettings
+    from .config import Config, IntegratorSettings
+    from .plugins import ActiveModule
 
 
 @attrs.frozen(kw_only=True)
@@ -25,3 +26,16 @@ class ModuleContext:
     integrator: IntegratorSettings
     log: Any
     dry_run: bool = False
+
+
+def module_context(config: Config, module: ActiveModule, *, dry_run: bool = False) -> ModuleContext:
+    """The context the core hands ``module``'s hooks."""
+    import structlog
+
+    return ModuleContext(
+        module=module.name,
+        settings=module.settings,
+        integrator=config.integrator,
+        log=structlog.get_logger(f"halo_integrator.{module.name}"),
+        dry_run=dry_run,
+    )

@@ -19,6 +19,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection, Engine
 
 from . import schema
@@ -66,9 +67,22 @@ class Store:
             with self.engine.begin() as connection:
                 command.upgrade(self._alembic(connection), revision)
         except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot open the store at {self.describe()}: {exc.orig}") from None
+        except CommandError as exc:
             raise StoreError(
-                f"cannot open the store at {self.engine.url.render_as_string()}: {exc.orig}"
+                f"the store at {self.describe()} has a schema this version of halo-integrator "
+                f"does not know ({exc}); it was probably written by a newer release: upgrade "
+                "halo-integrator, or point [store] url at another database"
             ) from None
+
+    def downgrade(self, revision: str) -> None:
+        """Take the schema back to ``revision`` (``base`` empties it): for rolling back a release."""
+        with self.engine.begin() as connection:
+            command.downgrade(self._alembic(connection), revision)
+
+    def describe(self) -> str:
+        """The store's URL without its password, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def schema_version(self) -> str | None:
         with self.engine.connect() as connection:

@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.engine import Connection
 
 from ..config import Config
-from ..context import ModuleContext
+from ..context import ModuleContext, module_context
 from ..models import Checkpoint, EntityKind, RecordError, Removed, Tenant, TenantAccess
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
@@ -167,13 +167,7 @@ class SyncEngine:
         result = RunResult(module=active.name, run_id=run_id, dry_run=dry_run)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(module=active.name, run_id=run_id):
-            context = ModuleContext(
-                module=active.name,
-                settings=active.settings,
-                integrator=self.config.integrator,
-                log=structlog.get_logger(f"halo_integrator.{active.name}"),
-                dry_run=dry_run,
-            )
+            context = module_context(self.config, active, dry_run=dry_run)
             runner = _ModuleRun(self, active, context, result, tenant_filter)
             try:
                 runner.run(kinds)
@@ -296,8 +290,8 @@ class _ModuleRun:
             with structlog.contextvars.bound_contextvars(
                 tenant=target.tenant.tenant_id, connection=target.tenant.connection
             ):
-                for rule in rules:
-                    self.sync_entity_kind(rule, target)
+                errors = [e for rule in rules if (e := self.sync_entity_kind(rule, target))]
+                self.record_tenant_outcome(target, errors)
             self.engine.reporter.tenant_finished(self.module, index, len(targets), target.tenant)
 
     def total(self) -> None:
@@ -391,7 +385,7 @@ class _ModuleRun:
         """The stored, active tenants of this module, mapped to their customers."""
         table = schema.tenants
         targets = []
-        counts = self.counts(EntityKind.TENANTS.value, "")
+        skipped = 0
         with self.store.unit() as connection:
             if not self.implements("fetch_tenants") or not self._tenants_synced:
                 apply_config_mappings(connection, self.config)
@@ -411,7 +405,8 @@ class _ModuleRun:
                 if target.importable:
                     targets.append(target)
                     continue
-                counts.skipped += 1
+                skipped += 1
+                self.counts(EntityKind.TENANTS.value, "").skipped += 1
                 reason = (
                     "the tenant mapping says do not import"
                     if target.do_not_import
@@ -422,7 +417,7 @@ class _ModuleRun:
                 self.problem(Problem("tenants", row.tenant_id, row.tenant_id, "skipped", reason))
         if self.tenant_filter and not rows:
             raise SyncError(f"no tenants stored for module {self.module}")
-        if self.tenant_filter and not targets and not counts.skipped:
+        if self.tenant_filter and not targets and not skipped:
             raise SyncError(
                 f"no active tenant of module {self.module} has the ID or domain {self.tenant_filter!r}"
             )
@@ -434,25 +429,28 @@ class _ModuleRun:
 
     # -- per-tenant entities ---------------------------------------------------------------
 
-    def sync_entity_kind(self, rule: EntityRule, target: TenantTarget) -> None:
+    def sync_entity_kind(self, rule: EntityRule, target: TenantTarget) -> str | None:
+        """Sync one kind of one tenant; returns why it failed, if it did."""
         tenant_id = target.tenant.tenant_id
-        counts = Counts()
+        counts, error = Counts(), None
         try:
             with self.store.unit() as connection:
                 _EntityUnit(self, rule, target, connection, counts).run()
         except Exception as exc:
             # Nothing of the unit was committed: count the tenant's kind as one failure.
-            counts = Counts(failed=1)
+            counts, error = Counts(failed=1), f"{rule.kind.value}: {_reason(exc)}"
             self.problem(Problem(rule.kind.value, tenant_id, None, "failed", _reason(exc)))
         else:
             log.info("sync.entities", kind=rule.kind.value, **counts.as_dict())
         self.counts(rule.kind.value, tenant_id).add(counts)
-        error = self.result.problems[-1].reason if counts.failed and self.result.problems else None
+        return error
+
+    def record_tenant_outcome(self, target: TenantTarget, errors: list[str]) -> None:
         with self.store.unit() as connection:
             connection.execute(
                 sa.update(schema.tenants)
                 .where(schema.tenants.c.id == target.tenant_ref)
-                .values(last_synced_at=utcnow(), last_error=error)
+                .values(last_synced_at=utcnow(), last_error="; ".join(errors) or None)
             )
 
     def _stream(self, results: Iterable[Any]) -> Iterator[Any]:

@@ -6,7 +6,7 @@ import enum
 
 import attrs
 
-from halo_integrator_core.config import Guid, SecretRef
+from halo_integrator_core import Guid, SecretRef
 
 
 class RelationshipMode(enum.StrEnum):

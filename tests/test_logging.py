@@ -1,0 +1,114 @@
+"""Structured logs: one format for structlog and stdlib, context on every event, redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+from fakes import MODULE, TENANT_B, FakeDirectory
+
+from halo_integrator_core.config import load_config
+from halo_integrator_core.logging import REDACTED, configure_logging, redact_processor
+from halo_integrator_core.store import Store
+from halo_integrator_core.sync.engine import SyncEngine
+
+
+@pytest.fixture
+def log_stream():
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    configure_logging(format="json", level="info", stream=stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+def events(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_the_redaction_processor_removes_secrets_wherever_they_are():
+    event = {
+        "event": "token.request failed: client_secret=abc123def456&grant_type=client_credentials",
+        "client_secret": "abc123def456",
+        "headers": {
+            "Authorization": "Bearer eyJ0eXAiOiJKV1QiLCJhbGciOi.eyJhdWQiOiJodHRwczovL2dy.sig",
+            "Accept": "json",
+        },
+        "url": "https://login.example/cb?code=0.AQsAabc&state=xyz",
+        "blob": "https://store.blob.core.windows.net/x/part-1.json.gz?sv=2021&sig=AbC%2Bd&se=2026",
+        "body": '{"access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOi.eyJhdWQiOiJodHRwczovL2dy.sig", "expires_in": 3599}',
+        "items": [{"refresh_token": "0.AQsAxyz"}, "Authorization: Basic dXNlcjpwYXNzd29yZA=="],
+        "code": 800090,  # a Partner Center error code, not a secret
+        "tenant": "aaaaaaaa-0000-4000-8000-000000000001",
+    }
+    out = redact_processor(None, "info", dict(event))
+    text = json.dumps(out)
+    for secret in (
+        "abc123def456",
+        "eyJ0eXAi",
+        "0.AQsAabc",
+        "AbC%2Bd",
+        "0.AQsAxyz",
+        "dXNlcjpwYXNzd29yZA",
+    ):
+        assert secret not in text, secret
+    assert out["client_secret"] == REDACTED
+    assert out["headers"] == {"Authorization": REDACTED, "Accept": "json"}
+    assert out["url"] == f"https://login.example/cb?code={REDACTED}&state=xyz"
+    assert out["code"] == 800090
+    assert out["tenant"] == event["tenant"]
+    assert json.loads(out["body"])["expires_in"] == 3599
+
+
+def test_stdlib_and_structlog_events_share_one_redacted_json_format(log_stream):
+    logging.getLogger("msal.application").warning(
+        "POST https://login.microsoftonline.com/t/oauth2/v2.0/token client_secret=s3cr3tvalue"
+    )
+    structlog.get_logger("halo").info(
+        "token.acquired", access_token="eyJabc.def.ghi", scope="graph"
+    )
+    [stdlib, ours] = events(log_stream)
+    assert stdlib["logger"] == "msal.application" and stdlib["level"] == "warning"
+    assert "s3cr3tvalue" not in stdlib["event"]
+    assert ours["access_token"] == REDACTED and ours["scope"] == "graph"
+    assert {"timestamp", "level", "event"} <= stdlib.keys() & ours.keys()
+
+
+def test_every_event_of_a_sync_carries_module_connection_and_tenant(
+    log_stream, tmp_path, write_config, host_factory
+):
+    config = load_config(
+        write_config(
+            f"[integrator]\ncreate_customers_from_tenants = true\n[modules.{MODULE}]\nenabled = true\n"
+        )
+    )
+    world = FakeDirectory.small()
+    store = Store.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        SyncEngine(store, config, host_factory(config, (world, "fake"))).run()
+    finally:
+        store.close()
+    entity_events = [e for e in events(log_stream) if e["event"] == "sync.entities"]
+    assert len(entity_events) == 2 * 4
+    for event in entity_events:
+        assert event["module"] == MODULE
+        assert event["connection"] == "main"
+        assert event["tenant"] in world.tenants
+        assert isinstance(event["run_id"], int)
+    [summary] = [e for e in events(log_stream) if e["event"] == "sync.finished"]
+    assert summary["module"] == MODULE and summary["users"]["added"] == 4
+    assert "tenant" not in summary  # the tenant context ends with the tenant
+    assert TENANT_B in {e["tenant"] for e in entity_events}
+
+
+def test_an_unknown_level_is_refused():
+    with pytest.raises(ValueError, match="unknown log level 'loud'"):
+        configure_logging(format="json", level="loud", stream=io.StringIO())

@@ -1,0 +1,174 @@
+"""The store: migrations, types and units of work, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from halo_integrator_core.store import Store, StoreError, schema, utcnow
+
+
+def _insert_customer(store: Store, name: str) -> None:
+    now = utcnow()
+    with store.unit() as connection:
+        connection.execute(
+            sa.insert(schema.customers).values(
+                name=name, source="test", active=True, created_at=now, updated_at=now
+            )
+        )
+
+
+def test_migrations_build_exactly_the_schema_on_an_empty_store(store_url):
+    store = Store.open(store_url)
+    try:
+        assert store.schema_version() == store.head_version() is not None
+        with store.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, schema.metadata) == []
+    finally:
+        store.close()
+
+
+def test_an_existing_store_is_migrated_in_place_and_keeps_its_data(store_url):
+    store = Store.open(store_url, migrate=False)
+    try:
+        assert store.schema_version() is None
+        store.migrate()
+        _insert_customer(store, "Contoso")
+        head = store.schema_version()
+    finally:
+        store.close()
+    reopened = Store.open(store_url)  # migrates again: a no-op at head
+    try:
+        assert reopened.schema_version() == head
+        with reopened.read() as connection:
+            assert connection.execute(sa.select(schema.customers.c.name)).scalars().all() == [
+                "Contoso"
+            ]
+    finally:
+        reopened.close()
+
+
+def test_migrations_run_down_and_up_again(store):
+    store.downgrade("base")
+    with store.engine.connect() as connection:
+        assert set(sa.inspect(connection).get_table_names()) <= {"alembic_version"}
+    store.migrate()
+    _insert_customer(store, "Fabrikam")
+
+
+def test_a_store_from_a_newer_release_is_refused_with_the_fix(store):
+    with store.unit() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = 'f00d'"))
+    with pytest.raises(StoreError, match="newer release: upgrade halo-integrator"):
+        store.migrate()
+
+
+def test_an_unreachable_store_names_itself_without_its_password():
+    with pytest.raises(StoreError) as caught:
+        Store.open("postgresql+psycopg://halo:hunter2@127.0.0.1:1/halo")
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_timestamps_come_back_aware_and_money_exact(store):
+    cet = timezone(timedelta(hours=1))
+    started = datetime(2026, 3, 1, 12, 30, tzinfo=cet)
+    now = utcnow()
+    with store.unit() as connection:
+        customer = connection.execute(
+            sa.insert(schema.customers).values(
+                name="Contoso", source="test", active=True, created_at=now, updated_at=now
+            )
+        ).inserted_primary_key[0]
+        connection.execute(
+            sa.insert(schema.invoice_lines).values(
+                customer_id=customer,
+                module="m",
+                period="2026-03",
+                group_key="all",
+                description="Azure",
+                quantity=Decimal("1"),
+                cost=Decimal("0.1"),
+                price=Decimal("12345678.123456"),
+                currency="GBP",
+                active=True,
+                created_at=started,
+                updated_at=started,
+            )
+        )
+    with store.read() as connection:
+        line = connection.execute(sa.select(schema.invoice_lines)).one()
+    assert line.price == Decimal("12345678.123456")
+    assert line.cost + line.cost + line.cost == Decimal("0.3")
+    assert line.created_at == started and line.created_at.tzinfo is not None
+    assert line.created_at.utcoffset() == timedelta(0)
+
+
+def test_a_naive_timestamp_is_refused(store):
+    with pytest.raises(sa.exc.StatementError, match="naive datetime"), store.unit() as connection:
+        connection.execute(
+            sa.insert(schema.customers).values(
+                name="x",
+                source="t",
+                active=True,
+                created_at=datetime(2026, 1, 1),
+                updated_at=utcnow(),
+            )
+        )
+
+
+def test_a_unit_commits_together_or_not_at_all(store):
+    with pytest.raises(RuntimeError), store.unit():
+        _insert_customer(store, "never")  # its own unit: committed
+        with store.unit() as connection:
+            connection.execute(
+                sa.insert(schema.customers).values(
+                    name="rolled back",
+                    source="t",
+                    active=True,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+            raise RuntimeError("crash")
+    with store.read() as connection:
+        names = connection.execute(sa.select(schema.customers.c.name)).scalars().all()
+    assert names == ["never"]
+
+
+def test_a_dry_run_sees_its_own_work_and_leaves_nothing(store):
+    with store.dry_run():
+        _insert_customer(store, "ghost")
+        with store.read() as connection:
+            assert (
+                connection.execute(
+                    sa.select(sa.func.count()).select_from(schema.customers)
+                ).scalar()
+                == 1
+            )
+    with store.read() as connection:
+        assert (
+            connection.execute(sa.select(sa.func.count()).select_from(schema.customers)).scalar()
+            == 0
+        )
+
+
+def test_the_default_sqlite_file_is_in_wal_mode(tmp_path):
+    store = Store.open(f"sqlite:///{tmp_path / 'x' / 'halo-integrator.db'}")
+    try:
+        with store.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        store.close()
+    assert (tmp_path / "x" / "halo-integrator.db").exists()
+
+
+def test_utcnow_is_aware():
+    assert utcnow().tzinfo is UTC

@@ -1,0 +1,374 @@
+"""The sync engine against an in-test plugin, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fakes import MODULE, SKU_E3, TENANT_A, TENANT_B, FakeDirectory, user
+
+from halo_integrator_core import RecordError, Removed
+from halo_integrator_core.config import load_config
+from halo_integrator_core.export import export_rows
+from halo_integrator_core.store import Store, schema
+from halo_integrator_core.sync.bookmarks import get_bookmark
+from halo_integrator_core.sync.engine import Change, Reporter, SyncEngine, SyncError
+
+MAPPED = f"""
+[integrator]
+create_customers_from_tenants = true
+
+[[tenant_mappings]]
+tenant_id = "{TENANT_B}"
+customer = "Fabrikam Inc"
+
+[modules.{MODULE}]
+enabled = true
+"""
+
+
+class Recorder(Reporter):
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def change(self, change: Change) -> None:
+        self.changes.append(change)
+
+
+@pytest.fixture
+def world() -> FakeDirectory:
+    return FakeDirectory.small()
+
+
+@pytest.fixture
+def make_engine(store: Store, write_config, host_factory, world: FakeDirectory):
+    def build(config_text: str = MAPPED, reporter: Reporter | None = None) -> SyncEngine:
+        config = load_config(write_config(config_text))
+        host = host_factory(config, (world, "fake"))
+        return SyncEngine(store, config, host, reporter=reporter)
+
+    return build
+
+
+def rows(store: Store, what: str, **where: Any) -> list[dict[str, Any]]:
+    with store.read() as connection:
+        found = list(export_rows(connection, what))
+    return [r for r in found if all(r.get(k) == v for k, v in where.items())]
+
+
+def by_id(store: Store, what: str) -> dict[str, dict[str, Any]]:
+    return {r["external_id"]: r for r in rows(store, what)}
+
+
+def snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    with store.read() as connection:
+        return {
+            table.name: sorted(
+                (tuple(str(v) for v in row) for row in connection.execute(sa.select(table))),
+            )
+            for table in schema.metadata.sorted_tables
+        }
+
+
+def counts(result: Any) -> dict[str, dict[str, int]]:
+    return {kind: c.as_dict() for kind, c in result.counts.items()}
+
+
+def test_first_sync_adds_everything_and_the_second_changes_nothing(store, make_engine):
+    engine = make_engine()
+    [first] = engine.run()
+    assert first.outcome == "succeeded"
+    assert counts(first)["tenants"]["added"] == 2
+    assert counts(first)["users"]["added"] == 4
+    assert counts(first)["licences"]["added"] == 2
+    assert counts(first)["subscriptions"]["added"] == 1
+    assert counts(first)["assets"]["added"] == 1
+
+    users = by_id(store, "users")
+    assert users["u-1"]["customer"] == "Contoso"  # created from the tenant
+    assert users["u-9"]["customer"] == "Fabrikam Inc"  # from the config mapping
+    assert users["u-1"]["site"] == "Main"
+    assert users["u-1"]["network_login"] == "adele@contoso.com"
+
+    [second] = engine.run()
+    assert second.outcome == "succeeded"
+    for kind, c in counts(second).items():
+        assert c["added"] == c["updated"] == c["deactivated"] == 0, kind
+    assert counts(second)["users"]["unchanged"] == 4
+
+
+def test_a_changed_record_is_updated_and_names_its_fields(store, make_engine, world):
+    recorder = Recorder()
+    engine = make_engine(reporter=recorder)
+    engine.run()
+    world.users[TENANT_A]["u-1"] = user(
+        "u-1",
+        "adele@contoso.com",
+        display_name="Adele V.",
+        mail="adele@contoso.com",
+        account_enabled=True,
+        assigned_sku_ids=(SKU_E3,),
+        job_title="CFO",
+    )
+    recorder.changes.clear()
+    [result] = engine.run()
+    assert counts(result)["users"] == {
+        "added": 0,
+        "updated": 1,
+        "unchanged": 3,
+        "deactivated": 0,
+        "skipped": 0,
+        "failed": 0,
+    }
+    [change] = [c for c in recorder.changes if c.kind == "users"]
+    assert (change.entity_id, change.action) == ("u-1", "updated")
+    assert set(change.fields) == {"display_name", "job_title"}
+    assert by_id(store, "users")["u-1"]["job_title"] == "CFO"
+
+
+def test_what_leaves_a_complete_listing_is_deactivated_never_deleted(store, make_engine, world):
+    engine = make_engine()
+    engine.run()
+    gone = world.users[TENANT_A].pop("u-2")
+    world.devices[TENANT_A].clear()
+    [result] = engine.run()
+    assert counts(result)["users"]["deactivated"] == 1
+    assert counts(result)["assets"]["deactivated"] == 1
+    users = by_id(store, "users")
+    assert users["u-2"]["active"] is False and users["u-2"]["inactive_since"]
+    assert users["u-1"]["active"] is True
+    assert len(users) == 4  # kept, only marked
+    assert by_id(store, "assets")["d-1"]["active"] is False
+
+    world.users[TENANT_A]["u-2"] = gone
+    [again] = engine.run()
+    assert counts(again)["users"]["updated"] == 1
+    assert by_id(store, "users")["u-2"]["active"] is True
+    assert by_id(store, "users")["u-2"]["inactive_since"] is None
+
+
+def test_users_stay_active_when_deactivating_is_turned_off(store, make_engine, world):
+    engine = make_engine(
+        MAPPED.replace("[integrator]", "[integrator]\ndeactivate_users_not_found = false")
+    )
+    engine.run()
+    world.users[TENANT_A].pop("u-2")
+    [result] = engine.run()
+    assert counts(result)["users"]["deactivated"] == 0
+    assert by_id(store, "users")["u-2"]["active"] is True
+
+
+def test_a_delta_round_applies_changes_and_removals_and_moves_the_bookmark(
+    store, make_engine, world
+):
+    world.delta = True
+    engine = make_engine()
+    engine.run()
+    key = f"main/{TENANT_A}"
+    with store.read() as connection:
+        assert get_bookmark(connection, MODULE, "users", key) == "delta-0"
+
+    world.round = 1
+    world.changes[TENANT_A] = [
+        user("u-4", "new@contoso.com", display_name="New Starter", account_enabled=True),
+        Removed(entity_id="u-2", reason="deleted"),
+    ]
+    [result] = engine.run()
+    assert counts(result)["users"]["added"] == 1
+    assert counts(result)["users"]["deactivated"] == 1
+    # An incremental round is not a complete listing: users it does not mention stay.
+    users = by_id(store, "users")
+    assert users["u-1"]["active"] is True and users["u-3"]["active"] is True
+    assert users["u-2"]["active"] is False
+    with store.read() as connection:
+        assert get_bookmark(connection, MODULE, "users", key) == "delta-1"
+    assert ("fetch_users", TENANT_A, "delta-0") in world.calls
+
+
+def test_a_crash_mid_stream_commits_nothing_and_a_rerun_ends_as_if_uninterrupted(
+    store, make_engine, world, tmp_path, write_config, host_factory
+):
+    world.delta = True
+    world.fail[("fetch_users", TENANT_A)] = ConnectionError("connection dropped mid-page")
+    world.fail_after = 2
+    engine = make_engine()
+    [result] = engine.run()
+    assert result.outcome == "completed_with_errors"
+    assert counts(result)["users"]["failed"] == 1
+    # Nothing of the failed unit landed, and its bookmark did not move ...
+    assert rows(store, "users", tenant_id=TENANT_A) == []
+    with store.read() as connection:
+        assert get_bookmark(connection, MODULE, "users", f"main/{TENANT_A}") is None
+    # ... while the other tenant, and the tenant's other kinds, went on.
+    assert [u["external_id"] for u in rows(store, "users", tenant_id=TENANT_B)] == ["u-9"]
+    assert rows(store, "licences", tenant_id=TENANT_A)
+    [tenant] = rows(store, "tenants", tenant_id=TENANT_A)
+    assert "connection dropped mid-page" in tenant["last_error"]
+    [problem] = result.problems
+    assert (problem.kind, problem.tenant_id, problem.outcome) == ("users", TENANT_A, "failed")
+
+    world.fail.clear()
+    [rerun] = engine.run()
+    assert rerun.outcome == "succeeded"
+
+    clean_store = Store.open(f"sqlite:///{tmp_path / 'clean.db'}")
+    try:
+        config = load_config(write_config(MAPPED, name="clean.toml"))
+        clean_world = FakeDirectory.small()
+        clean_world.delta = True
+        SyncEngine(clean_store, config, host_factory(config, (clean_world, "clean"))).run()
+        fields = ("external_id", "tenant_id", "customer", "user_principal_name", "active")
+        project = lambda s: sorted(tuple(r[f] for f in fields) for r in rows(s, "users"))  # noqa: E731
+        assert project(store) == project(clean_store)
+    finally:
+        clean_store.close()
+
+
+def test_a_bad_record_is_counted_and_skipped_and_not_taken_for_gone(store, make_engine, world):
+    engine = make_engine()
+    engine.run()
+    world.users[TENANT_A].pop("u-2")
+    world.bad[TENANT_A] = [
+        RecordError(entity_id="u-2", reason="$.accountEnabled: expected a boolean")
+    ]
+    [result] = engine.run()
+    assert result.outcome == "completed_with_errors"
+    assert counts(result)["users"]["failed"] == 1
+    assert counts(result)["users"]["deactivated"] == 0
+    assert by_id(store, "users")["u-2"]["active"] is True
+    with store.read() as connection:
+        stored = connection.execute(sa.select(schema.sync_problems)).one()
+    assert stored.entity_id == "u-2"
+    assert stored.tenant_id == TENANT_A
+    assert "$.accountEnabled" in stored.reason
+
+
+def test_an_unmapped_tenant_is_skipped_with_a_reason(store, make_engine, world):
+    engine = make_engine(MAPPED.replace("create_customers_from_tenants = true", ""))
+    [result] = engine.run()
+    assert result.outcome == "succeeded"
+    assert counts(result)["tenants"]["skipped"] == 1
+    [problem] = result.problems
+    assert problem.tenant_id == TENANT_A and problem.outcome == "skipped"
+    assert "[[tenant_mappings]]" in problem.reason
+    assert rows(store, "users", tenant_id=TENANT_A) == []
+    assert not any(call[1] == TENANT_A for call in world.calls)
+    [tenant] = rows(store, "tenants", tenant_id=TENANT_A)
+    assert tenant["customer"] is None
+
+
+def test_do_not_import_keeps_a_tenant_out(store, make_engine, world):
+    text = MAPPED + f'\n[[tenant_mappings]]\ntenant_id = "{TENANT_A}"\ndo_not_import = true\n'
+    # The mapping must come before the [modules] table in TOML; rebuild the text.
+    text = MAPPED.replace(
+        "[modules.",
+        f'[[tenant_mappings]]\ntenant_id = "{TENANT_A}"\ndo_not_import = true\n\n[modules.',
+    )
+    engine = make_engine(text)
+    [result] = engine.run()
+    assert counts(result)["tenants"]["skipped"] == 1
+    assert "do not import" in result.problems[0].reason
+    assert rows(store, "users", tenant_id=TENANT_A) == []
+    assert [c["name"] for c in rows(store, "customers")] == ["Fabrikam Inc"]
+
+
+def test_a_tenant_gone_from_the_listing_is_deactivated_and_not_synced(store, make_engine, world):
+    engine = make_engine()
+    engine.run()
+    world.tenants.pop(TENANT_A)
+    world.calls.clear()
+    [result] = engine.run()
+    assert counts(result)["tenants"]["deactivated"] == 1
+    assert rows(store, "tenants", tenant_id=TENANT_A)[0]["active"] is False
+    assert {call[1] for call in world.calls if call[1]} == {TENANT_B}
+
+
+def test_a_failing_tenant_listing_falls_back_to_the_stored_tenants(store, make_engine, world):
+    engine = make_engine()
+    engine.run()
+    world.fail[("fetch_tenants", "")] = RuntimeError("Partner Center is down")
+    world.fail_after = 0
+    [result] = engine.run()
+    assert result.outcome == "completed_with_errors"
+    assert counts(result)["tenants"]["failed"] == 1
+    assert counts(result)["users"]["unchanged"] == 4
+    assert all(t["active"] for t in rows(store, "tenants"))
+
+
+def test_licence_assignments_follow_the_users_skus(store, make_engine, world):
+    engine = make_engine()
+    engine.run()
+    [e3] = rows(store, "licences", external_id=SKU_E3)
+    assert e3["assigned_users"] == 2
+    world.users[TENANT_A]["u-2"] = user(
+        "u-2",
+        "alex@contoso.com",
+        display_name="Alex Wilber",
+        mail="alex@contoso.com",
+        account_enabled=True,
+    )
+    engine.run()
+    [e3] = rows(store, "licences", external_id=SKU_E3)
+    assert e3["assigned_users"] == 1
+    world.users[TENANT_A].pop("u-1")
+    engine.run()
+    [e3] = rows(store, "licences", external_id=SKU_E3)
+    assert e3["assigned_users"] == 0
+
+
+def test_a_device_goes_to_its_users_site(store, make_engine):
+    make_engine().run()
+    [asset] = rows(store, "assets")
+    assert asset["user"] == "adele@contoso.com"
+    assert asset["site"] == "Main" and asset["customer"] == "Contoso"
+
+
+def test_only_and_tenant_narrow_a_run(store, make_engine, world):
+    engine = make_engine()
+    engine.run()
+    world.calls.clear()
+    [result] = engine.run(only=["users"], tenant="fabrikam.onmicrosoft.com")
+    assert world.calls == [("fetch_users", TENANT_B, None)]
+    assert set(result.counts) == {"users"}
+    with pytest.raises(SyncError, match="not an entity kind"):
+        engine.run(only=["people"])
+    with pytest.raises(SyncError, match="not enabled"):
+        engine.run(module="nope")
+
+
+def test_a_dry_run_writes_nothing_and_reports_each_change(store, make_engine, world):
+    recorder = Recorder()
+    engine = make_engine(reporter=recorder)
+    # On an empty store ...
+    before = snapshot(store)
+    [result] = engine.run(dry_run=True)
+    assert result.dry_run and counts(result)["users"]["added"] == 4
+    assert snapshot(store) == before
+    assert {(c.kind, c.action) for c in recorder.changes} >= {
+        ("users", "added"),
+        ("tenants", "added"),
+    }
+
+    # ... and on one that has data.
+    engine.run()
+    world.users[TENANT_A].pop("u-2")
+    world.users[TENANT_B]["u-10"] = user("u-10", "lee@fabrikam.com", account_enabled=True)
+    before = snapshot(store)
+    recorder.changes.clear()
+    [result] = engine.run(dry_run=True)
+    assert snapshot(store) == before
+    user_changes = {(c.entity_id, c.action) for c in recorder.changes if c.kind == "users"}
+    assert user_changes == {("u-2", "deactivated"), ("u-10", "added")}
+    assert counts(result)["users"]["deactivated"] == 1
+
+
+def test_each_run_is_recorded_with_counts(store, make_engine):
+    engine = make_engine()
+    engine.run()
+    engine.run(dry_run=True)  # leaves no record
+    [run] = rows(store, "runs")
+    assert run["module"] == MODULE
+    assert run["outcome"] == "succeeded"
+    assert run["finished_at"] >= run["started_at"]
+    assert run["added"] == 2 + 2 + 1 + 4 + 1
