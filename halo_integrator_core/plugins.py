@@ -101,12 +101,18 @@ class PluginHost:
 
     def register(self, plugin: object, *, name: str, entry_point: bool = False) -> bool:
         """Register ``plugin``; returns False (and records why) when it cannot be used."""
+        if self.pm.is_blocked(name):
+            self._fail(name, f"module {name!r} is disabled: its plugin may not be registered")
+            return False
+        if self.pm.has_plugin(name) or self.pm.is_registered(plugin):
+            # Leave the plugin already registered, and what we know of it, as they are.
+            log.error("plugin.duplicate", plugin=name)
+            return False
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
-        except (pluggy.PluginValidationError, ValueError) as exc:
-            if self.pm.is_registered(plugin):
-                self.pm.unregister(plugin)
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(plugin)
             self._fail(name, f"invalid plugin: {exc}")
             return False
         try:
