@@ -91,3 +91,20 @@ def host_factory():
     for host in hosts:
         for info in host.plugins():
             host.unregister(info.name)
+
+
+@pytest.fixture
+def emulator():
+    """A fresh emulated Microsoft cloud on loopback (5 customers), stopped after the test.
+
+    ``emulator.world`` is its `World` (change it between calls), ``emulator.app`` the WSGI
+    app (``emulator.app.inject(...)`` injects faults), ``emulator.ca_bundle`` the CA file to
+    pass as ``verify=`` with every request.
+    """
+    from halo_microsoft_emulator import EmulatorServer, generate
+
+    server = EmulatorServer(generate(seed=7, customers=5, users=30, devices=12)).start()
+    try:
+        yield server
+    finally:
+        server.stop()

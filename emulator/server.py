@@ -1,0 +1,89 @@
+"""Serving the emulator over HTTPS on loopback, with a throwaway CA.
+
+MSAL requires https authorities, so the emulator has TLS even on loopback. The CA is made
+with trustme for each server; clients trust it through the CA bundle the server writes
+(never through the machine's trust store: `REQUESTS_CA_BUNDLE` is ignored by passing
+``verify`` with each request).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import trustme
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from .app import Emulator
+from .world import World, generate
+
+
+class EmulatorServer:
+    """A running emulator: `start` it, read `base_url` and `ca_bundle`, `stop` it."""
+
+    def __init__(
+        self,
+        world: World | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        threads: int = 8,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.world = world or generate()
+        self.host = host
+        self._tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="halo-emulator-")
+        self.state_dir = Path(state_dir or self._tmp.name)  # type: ignore[union-attr]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ca = trustme.CA(organization_name="halo-integrator emulator")
+        leaf = self.ca.issue_cert(host, "localhost", "127.0.0.1")
+        self.ca_bundle = self.state_dir / "emulator-ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_bundle))
+        cert, key = self.state_dir / "emulator-cert.pem", self.state_dir / "emulator-key.pem"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        self.app = Emulator(self.world)
+        self._server = wsgi.Server((host, port), self.app, numthreads=threads, server_name="emulator")
+        self._server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.bind_addr[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    def endpoints(self) -> dict[str, str]:
+        """The ``[endpoints]`` settings that point a config at this emulator."""
+        return {
+            "login": f"{self.base_url}/login",
+            "graph": f"{self.base_url}/graph",
+            "partner_center": f"{self.base_url}/partnercenter",
+            "partner_api": f"{self.base_url}/partnerapi",
+            "ca_bundle": str(self.ca_bundle),
+        }
+
+    def start(self) -> EmulatorServer:
+        self._server.prepare()
+        self.app.base_url = self.base_url
+        self._thread = threading.Thread(target=self._server.serve, name="emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
