@@ -176,6 +176,60 @@ class Marketplace(enum.StrEnum):
     US = "US"
 
 
+class Cloud(enum.StrEnum):
+    """A Microsoft cloud: the public one or a sovereign one."""
+
+    PUBLIC = "public"
+    US_GOVERNMENT = "us_government"
+    CHINA = "china"
+
+
+#: Hosts per cloud (login, Graph, Partner Center, the partner API used for pricing). Partner
+#: Center serves the US Government cloud from its global host; 21Vianet has its own host.
+CLOUD_HOSTS: dict[Cloud, dict[str, str]] = {
+    Cloud.PUBLIC: {
+        "login": "https://login.microsoftonline.com",
+        "graph": "https://graph.microsoft.com",
+        "partner_center": "https://api.partnercenter.microsoft.com",
+        "partner_api": "https://api.partner.microsoft.com",
+    },
+    Cloud.US_GOVERNMENT: {
+        "login": "https://login.microsoftonline.us",
+        "graph": "https://graph.microsoft.us",
+        "partner_center": "https://api.partnercenter.microsoft.com",
+        "partner_api": "https://api.partner.microsoft.com",
+    },
+    Cloud.CHINA: {
+        "login": "https://login.chinacloudapi.cn",
+        "graph": "https://microsoftgraph.chinacloudapi.cn",
+        "partner_center": "https://partner.partnercenterapi.microsoftonline.cn",
+        "partner_api": "https://api.partner.microsoft.com",
+    },
+}
+
+
+@attrs.frozen(kw_only=True)
+class EndpointSettings:
+    """``[endpoints]``: where Microsoft is. The public cloud unless a key says otherwise,
+    so a sovereign cloud, or the built-in emulator, is only other values."""
+
+    cloud: Cloud = Cloud.PUBLIC
+    login: HttpsUrl | None = None
+    graph: HttpsUrl | None = None
+    partner_center: HttpsUrl | None = None
+    partner_api: HttpsUrl | None = None
+    #: A CA bundle to trust for these hosts instead of the system's (the emulator's CA).
+    ca_bundle: Path | None = None
+
+    def url(self, name: str) -> str:
+        """The base URL of host ``name`` (login, graph, partner_center, partner_api)."""
+        return getattr(self, name) or CLOUD_HOSTS[self.cloud][name]
+
+    @property
+    def verify(self) -> bool | str:
+        return str(self.ca_bundle) if self.ca_bundle else True
+
+
 @attrs.frozen(kw_only=True)
 class StoreSettings:
     """``[store]``: where the PSA model and the integrator's state live."""
@@ -230,6 +284,7 @@ class Config:
     store: StoreSettings = StoreSettings()
     logging: LoggingSettings = LoggingSettings()
     integrator: IntegratorSettings = IntegratorSettings()
+    endpoints: EndpointSettings = EndpointSettings()
     tenant_mappings: tuple[TenantMapping, ...] = ()
     modules: Mapping[str, ModuleConfig] = attrs.field(factory=dict)
     #: The file this came from; ``None`` when no file exists yet.

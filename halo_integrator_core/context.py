@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
-    from .config import Config, IntegratorSettings
+    from .config import Config, EndpointSettings, IntegratorSettings
     from .plugins import ActiveModule
 
 
@@ -18,7 +18,7 @@ class ModuleContext:
     ``settings`` is the module's own settings object (its `ModuleSpec.settings_type`, or
     ``None`` if it has none); ``integrator`` holds the settings every module shares (guide
     section 8); ``log`` is a structlog logger already bound to the module (and, inside a
-    tenant, to the tenant), so a plugin just logs.
+    tenant, to the tenant), so a plugin just logs; ``endpoints`` says where Microsoft is.
     """
 
     module: str
@@ -26,6 +26,8 @@ class ModuleContext:
     integrator: IntegratorSettings
     log: Any
     dry_run: bool = False
+    #: Where Microsoft is (``[endpoints]``); ``None`` only in tests that need no network.
+    endpoints: EndpointSettings | None = None
 
 
 def module_context(config: Config, module: ActiveModule, *, dry_run: bool = False) -> ModuleContext:
@@ -38,4 +40,5 @@ def module_context(config: Config, module: ActiveModule, *, dry_run: bool = Fals
         integrator=config.integrator,
         log=structlog.get_logger(f"halo_integrator.{module.name}"),
         dry_run=dry_run,
+        endpoints=config.endpoints,
     )

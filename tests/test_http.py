@@ -1,0 +1,367 @@
+"""The shared HTTP client and the paginators, against a scripted server on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict, deque
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from halo_integrator_core import errors
+from halo_integrator_core.http import HttpClient, MsalHttpClient, RetryPolicy, parse_retry_after
+from halo_integrator_core.paging import odata_pages, partner_center_pages
+
+
+class Script:
+    """Answers per path, in order; the last answer repeats. Records what it was sent."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, deque[tuple[int, dict[str, str], Any]]] = defaultdict(deque)
+        self.received: list[tuple[str, str, dict[str, str]]] = []
+
+    def add(self, path: str, status: int = 200, body: Any = None, **headers: str) -> None:
+        self.answers[path].append(
+            (status, {k.replace("_", "-"): v for k, v in headers.items()}, body)
+        )
+
+
+@pytest.fixture
+def server():
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            script.received.append((self.command, self.path, dict(self.headers)))
+            queue = script.answers[self.path.split("?")[0]]
+            status, headers, body = queue.popleft() if len(queue) > 1 else queue[0]
+            if body == "DROP":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.write(b'{"value": [')
+                self.close_connection = True
+                return
+            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PATCH = _answer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    script.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield script
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class Log:
+    def __init__(self) -> None:
+        self.entries = []
+
+    def record(self, entry) -> None:
+        self.entries.append(entry)
+
+
+@pytest.fixture
+def client():
+    sleeps: list[float] = []
+    log = Log()
+    http = HttpClient(
+        retry=RetryPolicy(max_attempts=4, max_total_seconds=60, retry_after_cap=30),
+        request_log=log,
+        sleep=sleeps.append,  # retries are instant in tests; we check what they would wait
+    )
+    http.sleeps, http.log = sleeps, log
+    yield http
+    http.close()
+
+
+def test_retry_after_is_honoured_then_the_answer_returned(server, client):
+    throttled = {"error": {"code": "TooManyRequests", "message": "Please retry again later."}}
+    server.add("/users", 429, throttled, Retry_After="2.128")
+    server.add("/users", 429, throttled, Retry_After="3")
+    server.add("/users", 200, {"value": []})
+    response = client.get(f"{server.url}/users")
+    assert response.json() == {"value": []}
+    assert client.sleeps == [2.128, 3.0]
+    assert [(e.status, e.outcome, e.retries) for e in client.log.entries] == [
+        (429, "retried", 0),
+        (429, "retried", 1),
+        (200, "ok", 2),
+    ]
+
+
+def test_a_long_retry_after_is_capped_and_a_date_is_understood(server, client):
+    server.add("/x", 503, {}, Retry_After="1000")
+    server.add("/x", 200, {})
+    client.get(f"{server.url}/x")
+    assert client.sleeps == [30.0]
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
+    assert 18 <= parse_retry_after(when) <= 20
+    assert parse_retry_after("soon") is None
+
+
+def test_giving_up_after_the_attempt_bound_raises_a_typed_error(server, client):
+    server.add(
+        "/busy",
+        429,
+        {"statusCode": 429, "message": "Rate limit is exceeded. Try again in 1 seconds."},
+        Retry_After="1",
+    )
+    with pytest.raises(errors.RateLimited) as caught:
+        client.get(f"{server.url}/busy")
+    assert caught.value.attempts == 4 and caught.value.status == 429
+    assert "Rate limit is exceeded" in str(caught.value) and "after 4 attempts" in str(caught.value)
+    assert client.sleeps == [1.0, 1.0, 1.0]
+
+
+def test_giving_up_when_the_wait_would_pass_the_time_bound(server, client):
+    server.add("/slow", 503, {}, Retry_After="25")
+    with pytest.raises(errors.ServiceUnavailable):
+        client.get(f"{server.url}/slow")
+    assert client.sleeps == [25.0, 25.0]  # a third wait would pass 60 s in all
+
+
+def test_server_errors_back_off_exponentially_with_jitter(server, client):
+    server.add("/flaky", 500, {"error": {"code": "InternalServerError", "message": "boom"}})
+    with pytest.raises(errors.ServiceUnavailable) as caught:
+        client.get(f"{server.url}/flaky")
+    assert caught.value.code == "InternalServerError"
+    ceilings = [0.5, 1.0, 2.0]
+    assert len(client.sleeps) == 3
+    assert all(0 <= wait <= ceiling for wait, ceiling in zip(client.sleeps, ceilings, strict=True))
+
+
+def test_a_non_idempotent_request_is_not_resent_after_a_server_error(server, client):
+    server.add("/create", 500, {})
+    with pytest.raises(errors.ServiceUnavailable):
+        client.post(f"{server.url}/create", json={})
+    assert client.sleeps == []
+    assert len(server.received) == 1
+
+
+def test_a_dropped_connection_is_retried_for_a_get_but_not_a_post(server, client):
+    server.add("/page", 200, "DROP")
+    server.add("/page", 200, {"value": [1]})
+    assert client.get(f"{server.url}/page").json() == {"value": [1]}
+    assert len(client.sleeps) == 1
+    assert client.log.entries[0].outcome == "connection_error"
+
+    server.add("/order", 200, "DROP")
+    with pytest.raises(errors.ConnectionFailed, match="not retried"):
+        client.post(f"{server.url}/order", json={})
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error", "code"),
+    [
+        (
+            401,
+            {
+                "error": {
+                    "code": "InvalidAuthenticationToken",
+                    "message": "Access token has expired.",
+                }
+            },
+            errors.AuthenticationFailed,
+            "InvalidAuthenticationToken",
+        ),
+        (
+            403,
+            {
+                "error": {
+                    "code": "Authorization_RequestDenied",
+                    "message": "Insufficient privileges to complete the operation.",
+                }
+            },
+            errors.PermissionDenied,
+            "Authorization_RequestDenied",
+        ),
+        (
+            403,
+            {
+                "code": 20002,
+                "description": "The partner has no commerce relationship with the customer.",
+                "data": [],
+                "source": "PartnerFD",
+            },
+            errors.PermissionDenied,
+            "20002",
+        ),
+        (
+            404,
+            {"code": 60003, "description": "Tenant not found", "data": [], "source": "PartnerFD"},
+            errors.NotFound,
+            "60003",
+        ),
+        (
+            410,
+            {
+                "error": {
+                    "code": "syncStateNotFound",
+                    "message": "The sync state is no longer valid.",
+                }
+            },
+            errors.Gone,
+            "syncStateNotFound",
+        ),
+        (
+            400,
+            {"error": {"code": "resyncRequired", "message": "Resync required."}},
+            errors.Gone,
+            "resyncRequired",
+        ),
+        (
+            400,
+            {
+                "code": 800090,
+                "description": "Subscription quantity cannot be decreased.",
+                "data": [],
+                "source": "PartnerFD",
+            },
+            errors.BadRequest,
+            "800090",
+        ),
+        (
+            401,
+            {
+                "error": "invalid_client",
+                "error_description": "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x",
+                "error_codes": [7000215],
+            },
+            errors.AuthenticationFailed,
+            "AADSTS7000215",
+        ),
+    ],
+)
+def test_the_error_table_gives_each_answer_its_type(server, client, status, body, error, code):
+    server.add("/thing", status, body)
+    with pytest.raises(error) as caught:
+        client.get(f"{server.url}/thing")
+    assert caught.value.code == code and caught.value.status == status
+    assert client.sleeps == []
+
+
+def test_the_msal_adapter_hands_errors_back_as_responses(server, client):
+    server.add("/token", 401, {"error": "invalid_client", "error_codes": [7000222]})
+    response = MsalHttpClient(client).post(f"{server.url}/token", data={"client_secret": "s"})
+    assert response.status_code == 401 and response.json()["error_codes"] == [7000222]
+
+
+def test_the_request_log_keeps_no_secret(server, client):
+    server.add("/callback", 200, {})
+    client.get(f"{server.url}/callback?code=0.AQsAsecretcode&state=abc&sig=SASSIGNATURE")
+    [entry] = client.log.entries
+    assert "secretcode" not in entry.url and "SASSIGNATURE" not in entry.url
+    assert "state=abc" in entry.url and entry.method == "GET" and entry.duration_ms >= 0
+
+
+def test_verify_is_passed_with_each_request(emulator, monkeypatch, tmp_path):
+    # With the machine's bundle pointing elsewhere, only a per-request verify can work.
+    bogus = tmp_path / "empty-bundle.pem"
+    bogus.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bogus))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(bogus))
+    with HttpClient(verify=str(emulator.ca_bundle)) as http:
+        assert http.get(f"{emulator.base_url}/_admin/world").json()["seed"] == 7
+    session = requests.Session()
+    session.verify = str(emulator.ca_bundle)
+    with pytest.raises((requests.exceptions.SSLError, OSError)):
+        session.get(f"{emulator.base_url}/_admin/world")
+
+
+# --- paginators ---------------------------------------------------------------------------
+
+
+def test_odata_pages_follow_next_links_over_empty_pages_to_the_delta_link(server, client):
+    base = server.url
+    server.add(
+        "/users/delta",
+        200,
+        {"value": [{"id": "1"}, {"id": "2"}], "@odata.nextLink": f"{base}/p2?$skiptoken=a"},
+    )
+    server.add("/p2", 200, {"value": [], "@odata.nextLink": f"{base}/p3?$skiptoken=b"})
+    server.add(
+        "/p3",
+        200,
+        {"value": [{"id": "3"}], "@odata.deltaLink": f"{base}/users/delta?$deltatoken=z"},
+    )
+    pages = list(odata_pages(client, f"{base}/users/delta", params={"$select": "id"}))
+    assert [[u["id"] for u in p.items] for p in pages] == [["1", "2"], [], ["3"]]
+    assert pages[-1].delta_link == f"{base}/users/delta?$deltatoken=z"
+    assert server.received[0][1] == "/users/delta?%24select=id"
+    assert server.received[1][1] == "/p2?$skiptoken=a"  # the link as given, no params added
+
+
+def test_odata_pages_stop_on_a_repeated_link(server, client):
+    server.add("/loop", 200, {"value": [{"id": "1"}], "@odata.nextLink": f"{server.url}/loop2"})
+    server.add("/loop2", 200, {"value": [{"id": "2"}], "@odata.nextLink": f"{server.url}/loop"})
+    with pytest.raises(errors.PagingLoop):
+        list(odata_pages(client, f"{server.url}/loop"))
+
+
+def test_partner_center_pages_send_the_continuation_token_and_add_v1(server, client):
+    server.add(
+        "/v1/customers",
+        200,
+        {
+            "totalCount": 2,
+            "items": [{"id": "a"}],
+            "links": {
+                "next": {
+                    "uri": "/customers?size=1&seekOperation=Next",
+                    "method": "GET",
+                    "headers": [{"key": "MS-ContinuationToken", "value": "AQAAAA=="}],
+                }
+            },
+            "attributes": {"objectType": "Collection"},
+        },
+    )
+    server.add(
+        "/v1/customers",
+        200,
+        {"totalCount": 2, "items": [{"id": "b"}], "links": {}, "attributes": {}},
+    )
+    pages = list(partner_center_pages(client, server.url, "/v1/customers", params={"size": 1}))
+    assert [p.items for p in pages] == [[{"id": "a"}], [{"id": "b"}]]
+    assert server.received[1][1] == "/v1/customers?size=1&seekOperation=Next"
+    assert server.received[1][2]["MS-ContinuationToken"] == "AQAAAA=="
+    assert "MS-ContinuationToken" not in server.received[0][2]
+
+
+def test_partner_center_pages_stop_on_a_repeated_token(server, client):
+    page = {
+        "items": [{"id": "a"}],
+        "links": {
+            "next": {
+                "uri": "/v1/customers?seekOperation=Next",
+                "headers": [{"key": "MS-ContinuationToken", "value": "same"}],
+            }
+        },
+    }
+    server.add("/v1/customers", 200, page)
+    with pytest.raises(errors.PagingLoop):
+        list(partner_center_pages(client, server.url, "/v1/customers"))
