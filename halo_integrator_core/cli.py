@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -451,6 +453,82 @@ def export(app: App, what: str, fmt: str) -> None:
             write_export(connection, what, sys.stdout, fmt)
     finally:
         store.close()
+
+
+# --- the emulator ------------------------------------------------------------------------
+
+
+@cli.command("emulator")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Loopback address to serve on."
+)
+@click.option(
+    "--port",
+    default=8443,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0 picks a free port.",
+)
+@click.option("--seed", default=1, show_default=True, help="Seed of the generated world.")
+@click.option(
+    "--customers", default=3, show_default=True, type=click.IntRange(1), help="Customer tenants."
+)
+@click.option(
+    "--users",
+    default=25,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Users per tenant (about).",
+)
+@click.option(
+    "--devices",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Devices per tenant (about).",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the emulator's CA here, so a config can trust it across restarts (default: a temporary folder).",
+)
+def emulator_command(
+    host: str,
+    port: int,
+    seed: int,
+    customers: int,
+    users: int,
+    devices: int,
+    state_dir: Path | None,
+) -> None:
+    """Run the built-in Microsoft emulator on loopback and print the config that points at it."""
+    from .emulator_snippet import config_snippet, is_loopback
+
+    if not is_loopback(host):
+        raise click.BadParameter(
+            f"{host!r} is not a loopback address: the emulator serves on loopback only",
+            param_hint="--host",
+        )
+    try:
+        from halo_microsoft_emulator import EmulatorServer, generate
+    except ImportError as exc:  # pragma: no cover - it ships with this distribution
+        raise click.ClickException(f"the emulator is not installed: {exc}") from None
+    world = generate(seed=seed, customers=customers, users=users, devices=devices)
+    try:
+        server = EmulatorServer(world, host=host, port=port, state_dir=state_dir).start()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    click.echo(config_snippet(server))
+    click.echo(f"# emulator serving on {server.base_url}; Ctrl-C stops it", err=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        server.stop()
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import attrs
 
 if TYPE_CHECKING:
     from .config import Config, EndpointSettings, IntegratorSettings
+    from .http import HttpClient
     from .plugins import ActiveModule
 
 
@@ -18,7 +19,8 @@ class ModuleContext:
     ``settings`` is the module's own settings object (its `ModuleSpec.settings_type`, or
     ``None`` if it has none); ``integrator`` holds the settings every module shares (guide
     section 8); ``log`` is a structlog logger already bound to the module (and, inside a
-    tenant, to the tenant), so a plugin just logs; ``endpoints`` says where Microsoft is.
+    tenant, to the tenant), so a plugin just logs; ``endpoints`` says where Microsoft is and
+    ``http`` is the client to reach it with.
     """
 
     module: str
@@ -28,9 +30,13 @@ class ModuleContext:
     dry_run: bool = False
     #: Where Microsoft is (``[endpoints]``); ``None`` only in tests that need no network.
     endpoints: EndpointSettings | None = None
+    #: The shared HTTP client: retries, throttling, the outbound request log.
+    http: HttpClient | None = None
 
 
-def module_context(config: Config, module: ActiveModule, *, dry_run: bool = False) -> ModuleContext:
+def module_context(
+    config: Config, module: ActiveModule, *, dry_run: bool = False, http: HttpClient | None = None
+) -> ModuleContext:
     """The context the core hands ``module``'s hooks."""
     import structlog
 
@@ -41,4 +47,5 @@ def module_context(config: Config, module: ActiveModule, *, dry_run: bool = Fals
         log=structlog.get_logger(f"halo_integrator.{module.name}"),
         dry_run=dry_run,
         endpoints=config.endpoints,
+        http=http,
     )

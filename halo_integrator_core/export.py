@@ -250,6 +250,25 @@ def _runs() -> sa.Select[Any]:
     ).order_by(t.c.id)
 
 
+def _requests() -> sa.Select[Any]:
+    t = c.request_log
+    return sa.select(
+        t.c.id,
+        t.c.direction,
+        t.c.at,
+        t.c.module,
+        t.c.connection,
+        t.c.tenant_id,
+        t.c.method,
+        t.c.url,
+        t.c.status,
+        t.c.duration_ms,
+        t.c.retries,
+        t.c.outcome,
+        t.c.detail,
+    ).order_by(t.c.id)
+
+
 EXPORTS: dict[str, Callable[[], sa.Select[Any]]] = {
     "customers": _customers,
     "sites": _sites,
@@ -260,6 +279,7 @@ EXPORTS: dict[str, Callable[[], sa.Select[Any]]] = {
     "subscriptions": _subscriptions,
     "invoice-lines": _invoice_lines,
     "runs": _runs,
+    "requests": _requests,
 }
 
 

@@ -15,8 +15,8 @@ import structlog
 from .config import Config
 from .context import module_context
 from .models import WebhookEvent, WebhookOutcome
-from .plugins import PluginHost
-from .store import Store, schema, utcnow
+from .plugins import ActiveModule, PluginHost
+from .store import Store, schema
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,9 @@ def handle_webhook(
     return outcome
 
 
-def _call(host: PluginHost, active, config: Config, event: WebhookEvent) -> WebhookOutcome:
+def _call(
+    host: PluginHost, active: ActiveModule, config: Config, event: WebhookEvent
+) -> WebhookOutcome:
     context = module_context(config, active)
     try:
         results = host.hook_for(active.name).on_webhook(context=context, event=event)
@@ -79,4 +81,4 @@ def _call(host: PluginHost, active, config: Config, event: WebhookEvent) -> Webh
     return outcome
 
 
-__all__ = ["handle_webhook", "utcnow"]
+__all__ = ["handle_webhook"]

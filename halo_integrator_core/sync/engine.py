@@ -22,9 +22,11 @@ from sqlalchemy.engine import Connection
 
 from ..config import Config
 from ..context import ModuleContext, module_context
+from ..http import HttpClient
 from ..models import Checkpoint, EntityKind, RecordError, Removed, Tenant, TenantAccess
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
+from ..store.request_log import StoreRequestLog
 from .bookmarks import get_bookmark, save_bookmark
 from .mapping import (
     ENTITY_RULES,
@@ -123,12 +125,27 @@ class SyncEngine:
         host: PluginHost,
         *,
         reporter: Reporter | None = None,
+        http: HttpClient | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.host = host
         self.reporter = reporter or Reporter()
         self.modules = host.active_modules()
+        self._http = http
+        self._dry_http: HttpClient | None = None
+
+    def http(self, *, dry_run: bool) -> HttpClient:
+        """The client plugins reach Microsoft with; a dry run's leaves no request log."""
+        if dry_run:
+            if self._dry_http is None:
+                self._dry_http = HttpClient(verify=self.config.endpoints.verify)
+            return self._dry_http
+        if self._http is None:
+            self._http = HttpClient(
+                verify=self.config.endpoints.verify, request_log=StoreRequestLog(self.store)
+            )
+        return self._http
 
     def run(
         self,
@@ -167,7 +184,9 @@ class SyncEngine:
         result = RunResult(module=active.name, run_id=run_id, dry_run=dry_run)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(module=active.name, run_id=run_id):
-            context = module_context(self.config, active, dry_run=dry_run)
+            context = module_context(
+                self.config, active, dry_run=dry_run, http=self.http(dry_run=dry_run)
+            )
             runner = _ModuleRun(self, active, context, result, tenant_filter)
             try:
                 runner.run(kinds)
