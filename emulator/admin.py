@@ -46,7 +46,10 @@ def describe_world(world: World) -> dict[str, Any]:
                 {
                     "tenant_id": p.tenant_id,
                     "name": p.name,
-                    "partner_center_app": {"client_id": p.partner_center_app.client_id, "secret": p.partner_center_app.secret},
+                    "partner_center_app": {
+                        "client_id": p.partner_center_app.client_id,
+                        "secret": p.partner_center_app.secret,
+                    },
                     "gdap_app": {"client_id": p.gdap_app.client_id, "secret": p.gdap_app.secret},
                 }
                 for p in world.partners.values()
@@ -95,9 +98,15 @@ def register(emulator: Emulator) -> None:
     @guarded
     def add_user(emu: Emulator, request: Request, tenant: str) -> Response:
         user = world.add_user(tenant, **_body(request))
-        return json_response({"id": user.id, "userPrincipalName": user.userPrincipalName}, status=201)
+        return json_response(
+            {"id": user.id, "userPrincipalName": user.userPrincipalName}, status=201
+        )
 
-    @route("/_admin/tenants/<tenant>/users/<user_id>", endpoint="admin.user", methods=("PATCH", "DELETE"))
+    @route(
+        "/_admin/tenants/<tenant>/users/<user_id>",
+        endpoint="admin.user",
+        methods=("PATCH", "DELETE"),
+    )
     @guarded
     def user(emu: Emulator, request: Request, tenant: str, user_id: str) -> Response:
         if request.method == "PATCH":
@@ -108,9 +117,15 @@ def register(emulator: Emulator) -> None:
             world.soft_delete_user(tenant, user_id)
         return Response(status=204)
 
-    @route("/_admin/tenants/<tenant>/users/<user_id>/<action>", endpoint="admin.user_action", methods=("POST",))
+    @route(
+        "/_admin/tenants/<tenant>/users/<user_id>/<action>",
+        endpoint="admin.user_action",
+        methods=("POST",),
+    )
     @guarded
-    def user_action(emu: Emulator, request: Request, tenant: str, user_id: str, action: str) -> Response:
+    def user_action(
+        emu: Emulator, request: Request, tenant: str, user_id: str, action: str
+    ) -> Response:
         actions = {"disable": world.disable_user, "restore": world.restore_user}
         if action not in actions:
             return _error(404, f"no action {action!r}: use disable or restore")
@@ -129,7 +144,11 @@ def register(emulator: Emulator) -> None:
         device = world.add_device(tenant, **_body(request))
         return json_response({"id": device.id}, status=201)
 
-    @route("/_admin/tenants/<tenant>/devices/<device_id>", endpoint="admin.device", methods=("PATCH", "DELETE"))
+    @route(
+        "/_admin/tenants/<tenant>/devices/<device_id>",
+        endpoint="admin.device",
+        methods=("PATCH", "DELETE"),
+    )
     @guarded
     def device(emu: Emulator, request: Request, tenant: str, device_id: str) -> Response:
         if request.method == "PATCH":
@@ -148,7 +167,9 @@ def register(emulator: Emulator) -> None:
         world.set_quantity(tenant, subscription_id, int(_body(request)["quantity"]))
         return Response(status=204)
 
-    @route("/_admin/tenants/<tenant>/expire-delta", endpoint="admin.expire_delta", methods=("POST",))
+    @route(
+        "/_admin/tenants/<tenant>/expire-delta", endpoint="admin.expire_delta", methods=("POST",)
+    )
     @guarded
     def expire_delta(emu: Emulator, request: Request, tenant: str) -> Response:
         world.expire_delta_tokens(tenant)

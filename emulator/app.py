@@ -66,7 +66,9 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def graph_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def graph_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
     """Graph's error shape (concepts/errors.md)."""
     return json_response(
         {
@@ -85,7 +87,9 @@ def graph_error(status: int, code: str, message: str, headers: dict[str, str] | 
     )
 
 
-def partner_center_error(status: int, code: int | str, description: str, headers: dict[str, str] | None = None) -> Response:
+def partner_center_error(
+    status: int, code: int | str, description: str, headers: dict[str, str] | None = None
+) -> Response:
     """Partner Center's error shape (developer/error-codes.md)."""
     return json_response(
         {"code": code, "description": description, "data": [], "source": "PartnerFD"},
@@ -281,7 +285,11 @@ class Emulator:
         token = self.tokens.find(value.strip()) if scheme.lower() == "bearer" else None
         error = graph_error if resource == GRAPH else None
         if token is None or token.expires < datetime.now(UTC):
-            reason = "Access token is empty." if not value else "Access token has expired or is not yet valid."
+            reason = (
+                "Access token is empty."
+                if not value
+                else "Access token has expired or is not yet valid."
+            )
             if error is not None:
                 raise AuthFailure(error(401, "InvalidAuthenticationToken", reason))
             raise AuthFailure(partner_center_error(401, 401, "Access denied: " + reason))
@@ -334,30 +342,45 @@ class Emulator:
             time.sleep(fault.delay)
             return None
         if kind == "drop":
-            return Response(_DroppedBody(), status=200, content_type="application/json", direct_passthrough=True)
+            return Response(
+                _DroppedBody(), status=200, content_type="application/json", direct_passthrough=True
+            )
         api = endpoint.split(".", 1)[0]
         if kind == "throttle":
             if api == "graph" or api == "billing":
                 return graph_error(429, "TooManyRequests", "Please retry again later.", retry)
             if api == "login":
-                return entra_error(429, "temporarily_unavailable", 50196, "The server is busy; retry later.")
+                return entra_error(
+                    429, "temporarily_unavailable", 50196, "The server is busy; retry later."
+                )
             seconds = int(fault.retry_after) or 1
             return json_response(
-                {"statusCode": 429, "message": f"Rate limit is exceeded. Try again in {seconds} seconds."},
+                {
+                    "statusCode": 429,
+                    "message": f"Rate limit is exceeded. Try again in {seconds} seconds.",
+                },
                 status=429,
                 headers=retry,
             )
         if kind == "unavailable":
             if api in ("graph", "billing"):
-                return graph_error(503, "serviceNotAvailable", "The service is temporarily unavailable.", retry)
-            return Response("Service Unavailable", status=503, headers=retry, content_type="text/plain")
+                return graph_error(
+                    503, "serviceNotAvailable", "The service is temporarily unavailable.", retry
+                )
+            return Response(
+                "Service Unavailable", status=503, headers=retry, content_type="text/plain"
+            )
         if kind == "forbidden":
             return partner_center_error(
-                403, 20002, "The partner has no commerce relationship with the customer: the reseller relationship is missing or has expired."
+                403,
+                20002,
+                "The partner has no commerce relationship with the customer: the reseller relationship is missing or has expired.",
             )
         if kind == "denied":
             return graph_error(
-                403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation."
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
             )
         from .login import fault_token_error
 
@@ -370,7 +393,11 @@ class Emulator:
 
     def _not_found(self, request: Request) -> Response:
         if request.path.startswith("/graph/"):
-            return graph_error(400, "BadRequest", f"Resource not found for the segment '{request.path.rsplit('/', 1)[-1]}'.")
+            return graph_error(
+                400,
+                "BadRequest",
+                f"Resource not found for the segment '{request.path.rsplit('/', 1)[-1]}'.",
+            )
         if request.path.startswith("/partnercenter/"):
             return partner_center_error(404, 1000, "Not found")
         return Response("Not Found", status=404, content_type="text/plain")

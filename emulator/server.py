@@ -46,7 +46,9 @@ class EmulatorServer:
         leaf.cert_chain_pems[0].write_to_path(str(cert))
         leaf.private_key_pem.write_to_path(str(key))
         self.app = Emulator(self.world)
-        self._server = wsgi.Server((host, port), self.app, numthreads=threads, server_name="emulator")
+        self._server = wsgi.Server(
+            (host, port), self.app, numthreads=threads, server_name="emulator"
+        )
         self._server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
         self._thread: threading.Thread | None = None
 

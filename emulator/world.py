@@ -28,19 +28,85 @@ EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 JUNK_SERIALS = ("System Serial Number", "To Be Filled By O.E.M.", "Default string", "0123456789")
 
 FIRST_NAMES = (
-    "Adele", "Alex", "Allan", "Ben", "Christie", "Debra", "Diego", "Emily", "Grady", "Henrietta",
-    "Irvin", "Isaiah", "Johanna", "Joni", "Lee", "Lidia", "Lynne", "Megan", "Miriam", "Nestor",
-    "Patti", "Pradeep", "Priya", "Raul", "Sam", "Tomas", "Yuki", "Zara",
+    "Adele",
+    "Alex",
+    "Allan",
+    "Ben",
+    "Christie",
+    "Debra",
+    "Diego",
+    "Emily",
+    "Grady",
+    "Henrietta",
+    "Irvin",
+    "Isaiah",
+    "Johanna",
+    "Joni",
+    "Lee",
+    "Lidia",
+    "Lynne",
+    "Megan",
+    "Miriam",
+    "Nestor",
+    "Patti",
+    "Pradeep",
+    "Priya",
+    "Raul",
+    "Sam",
+    "Tomas",
+    "Yuki",
+    "Zara",
 )
 SURNAMES = (
-    "Vance", "Wilber", "Deyoung", "Walker", "Cline", "Berger", "Siciliani", "Braun", "Archie",
-    "Gonzalez", "Bellinger", "Lee", "Lauridsen", "Sherman", "Gu", "Holloway", "Robbins", "Bowen",
-    "Hunter", "Hutchinson", "Fernandez", "Gupta", "Patel", "Ramos", "Okafor", "Novak", "Sato",
+    "Vance",
+    "Wilber",
+    "Deyoung",
+    "Walker",
+    "Cline",
+    "Berger",
+    "Siciliani",
+    "Braun",
+    "Archie",
+    "Gonzalez",
+    "Bellinger",
+    "Lee",
+    "Lauridsen",
+    "Sherman",
+    "Gu",
+    "Holloway",
+    "Robbins",
+    "Bowen",
+    "Hunter",
+    "Hutchinson",
+    "Fernandez",
+    "Gupta",
+    "Patel",
+    "Ramos",
+    "Okafor",
+    "Novak",
+    "Sato",
 )
 COMPANY_WORDS = (
-    "Contoso", "Fabrikam", "Northwind", "Tailspin", "Woodgrove", "Litware", "Adatum", "Proseware",
-    "Fourth Coffee", "Wingtip", "Alpine Ski", "Coho Winery", "Lamna", "Relecloud", "Trey Research",
-    "Blue Yonder", "Graphic Design", "Humongous", "Lucerne", "Margie's Travel",
+    "Contoso",
+    "Fabrikam",
+    "Northwind",
+    "Tailspin",
+    "Woodgrove",
+    "Litware",
+    "Adatum",
+    "Proseware",
+    "Fourth Coffee",
+    "Wingtip",
+    "Alpine Ski",
+    "Coho Winery",
+    "Lamna",
+    "Relecloud",
+    "Trey Research",
+    "Blue Yonder",
+    "Graphic Design",
+    "Humongous",
+    "Lucerne",
+    "Margie's Travel",
 )
 COMPANY_SUFFIXES = ("Ltd", "Inc", "LLP", "Group", "Partners", "Holdings")
 DEPARTMENTS = ("Finance", "Sales", "Operations", "IT", "Marketing", "HR", "Legal", None)
@@ -50,11 +116,41 @@ JOB_TITLES = ("Accountant", "Director", "Engineer", "Sales Executive", "Analyst"
 #: (skuId, skuPartNumber, name, productId, catalog skuId) — real Microsoft 365 SKUs.
 SKU_CATALOG = (
     ("05e9a617-0261-4cee-bb44-138d3ef5d965", "SPE_E3", "Microsoft 365 E3", "CFQ7TTC0LFLZ", "0001"),
-    ("cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46", "SPB", "Microsoft 365 Business Premium", "CFQ7TTC0LCHC", "0002"),
-    ("f245ecc8-75af-4f8e-b61f-27d8114de5f3", "O365_BUSINESS_PREMIUM", "Microsoft 365 Business Standard", "CFQ7TTC0LDPB", "0001"),
-    ("3b555118-da6a-4418-894f-7df1e2096870", "O365_BUSINESS_ESSENTIALS", "Microsoft 365 Business Basic", "CFQ7TTC0LH18", "0001"),
-    ("4b585984-651b-448a-9e53-3b10f069cf7f", "DESKLESSPACK", "Office 365 F3", "CFQ7TTC0LH05", "0001"),
-    ("f30db892-07e9-47e9-837c-80727f46fd3d", "FLOW_FREE", "Microsoft Power Automate Free", "CFQ7TTC0LSGZ", "0001"),
+    (
+        "cbdc14ab-d96c-4c30-b9f4-6ada7cdc1d46",
+        "SPB",
+        "Microsoft 365 Business Premium",
+        "CFQ7TTC0LCHC",
+        "0002",
+    ),
+    (
+        "f245ecc8-75af-4f8e-b61f-27d8114de5f3",
+        "O365_BUSINESS_PREMIUM",
+        "Microsoft 365 Business Standard",
+        "CFQ7TTC0LDPB",
+        "0001",
+    ),
+    (
+        "3b555118-da6a-4418-894f-7df1e2096870",
+        "O365_BUSINESS_ESSENTIALS",
+        "Microsoft 365 Business Basic",
+        "CFQ7TTC0LH18",
+        "0001",
+    ),
+    (
+        "4b585984-651b-448a-9e53-3b10f069cf7f",
+        "DESKLESSPACK",
+        "Office 365 F3",
+        "CFQ7TTC0LH05",
+        "0001",
+    ),
+    (
+        "f30db892-07e9-47e9-837c-80727f46fd3d",
+        "FLOW_FREE",
+        "Microsoft Power Automate Free",
+        "CFQ7TTC0LSGZ",
+        "0001",
+    ),
 )
 GDAP_ROLES = {
     "88d8e3e3-8f55-4a1e-953a-9b9898b8876b": "Directory Readers",
@@ -410,7 +506,9 @@ def _make_user(world: World, customer: Customer, index: int, **fields: Any) -> U
         officeLocation=_pick(rng, OFFICES) if kind == "member" else None,
         businessPhones=[f"+44 20 7946 {rng.randrange(10000):04d}"] if rng.random() < 0.6 else [],
         mobilePhone=f"+44 7700 9{rng.randrange(100000):05d}" if rng.random() < 0.4 else None,
-        employeeId=f"E{rng.randrange(100000):05d}" if kind == "member" and rng.random() < 0.5 else None,
+        employeeId=f"E{rng.randrange(100000):05d}"
+        if kind == "member" and rng.random() < 0.5
+        else None,
         accountEnabled=kind != "shared" and rng.random() > 0.05,
         userType="Guest" if kind == "guest" else "Member",
         usageLocation="GB" if kind != "guest" else None,
@@ -459,7 +557,9 @@ def _make_device(world: World, customer: Customer, index: int, **fields: Any) ->
         model=model,
         operatingSystem=os_name,
         osVersion=_pick(rng, ("10.0.22631.4460", "10.0.26100.2314", "17.6.1", "14", "15.1")),
-        complianceState=_pick(rng, ("compliant", "compliant", "compliant", "noncompliant", "inGracePeriod")),
+        complianceState=_pick(
+            rng, ("compliant", "compliant", "compliant", "noncompliant", "inGracePeriod")
+        ),
         managementAgent="msSense" if rng.random() < 0.05 else "mdm",
         enrolledDateTime=enrolled,
         lastSyncDateTime=world.now - timedelta(minutes=rng.randrange(5, 20000)),
@@ -494,28 +594,48 @@ def generate(
         tenant_id = world.new_id()
         name = f"Emulated MSP {p + 1}"
         pc_app = App(
-            client_id=world.new_id(), secret=f"pc-secret-{seed}-{p}-{rng.getrandbits(64):x}",
-            home_tenant=tenant_id, name=f"{name} Partner Center", multitenant=False,
-            redirect_uris=["http://localhost:8400/auth/callback", "https://127.0.0.1:8400/auth/callback"],
+            client_id=world.new_id(),
+            secret=f"pc-secret-{seed}-{p}-{rng.getrandbits(64):x}",
+            home_tenant=tenant_id,
+            name=f"{name} Partner Center",
+            multitenant=False,
+            redirect_uris=[
+                "http://localhost:8400/auth/callback",
+                "https://127.0.0.1:8400/auth/callback",
+            ],
             permissions=["DelegatedAdminRelationship.Read.All"],
         )
         gdap_app = App(
-            client_id=world.new_id(), secret=f"gdap-secret-{seed}-{p}-{rng.getrandbits(64):x}",
-            home_tenant=tenant_id, name=f"{name} Service Sync", multitenant=True,
-            redirect_uris=["http://localhost:8400/consent/callback", "https://127.0.0.1:8400/consent/callback"],
+            client_id=world.new_id(),
+            secret=f"gdap-secret-{seed}-{p}-{rng.getrandbits(64):x}",
+            home_tenant=tenant_id,
+            name=f"{name} Service Sync",
+            multitenant=True,
+            redirect_uris=[
+                "http://localhost:8400/consent/callback",
+                "https://127.0.0.1:8400/consent/callback",
+            ],
             # What the guide's GDAP app is given (section 3), without AuditLog.Read.All:
             # asking for signInActivity is refused until a test adds it.
             permissions=[
-                "User.Read.All", "Group.Read.All", "Directory.Read.All", "Organization.Read.All",
-                "DeviceManagementManagedDevices.Read.All", "LicenseAssignment.ReadWrite.All",
-                "DelegatedAdminRelationship.Read.All", "PartnerBilling.Read.All",
+                "User.Read.All",
+                "Group.Read.All",
+                "Directory.Read.All",
+                "Organization.Read.All",
+                "DeviceManagementManagedDevices.Read.All",
+                "LicenseAssignment.ReadWrite.All",
+                "DelegatedAdminRelationship.Read.All",
+                "PartnerBilling.Read.All",
             ],
         )
         world.apps[pc_app.client_id] = pc_app
         world.apps[gdap_app.client_id] = gdap_app
         world.partners[tenant_id] = Partner(
-            tenant_id=tenant_id, name=name, domain=f"emulatedmsp{p + 1}.onmicrosoft.com",
-            partner_center_app=pc_app, gdap_app=gdap_app,
+            tenant_id=tenant_id,
+            name=name,
+            domain=f"emulatedmsp{p + 1}.onmicrosoft.com",
+            partner_center_app=pc_app,
+            gdap_app=gdap_app,
         )
     partner_ids = list(world.partners)
     used_names: set[str] = set()
@@ -525,9 +645,12 @@ def generate(
             name = f"{_pick(rng, COMPANY_WORDS)} {_pick(rng, COMPANY_SUFFIXES)} {len(used_names)}"
         used_names.add(name)
         slug = "".join(ch for ch in name.lower() if ch.isalnum())[:20]
-        reseller, gdap = {0: (True, "active"), 1: (False, "active"), 2: (True, None), 3: (True, "expired")}.get(
-            index, (True, "active") if rng.random() < 0.85 else (True, None)
-        )
+        reseller, gdap = {
+            0: (True, "active"),
+            1: (False, "active"),
+            2: (True, None),
+            3: (True, "expired"),
+        }.get(index, (True, "active") if rng.random() < 0.85 else (True, None))
         customer = Customer(
             tenant_id=world.new_id(),
             name=name,
@@ -535,14 +658,19 @@ def generate(
             partner_tenant=partner_ids[index % len(partner_ids)],
             reseller=reseller,
             gdap_status=gdap,
-            gdap_roles=["88d8e3e3-8f55-4a1e-953a-9b9898b8876b", "f2ef992c-3afb-46b9-b7cf-a126ee74c451"]
+            gdap_roles=[
+                "88d8e3e3-8f55-4a1e-953a-9b9898b8876b",
+                "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+            ]
             if index != 5
             else ["fe930be7-5e62-47db-91af-98c3a49a38b1"],
             consented=gdap == "active" and index != 4,
             relationship_id=f"{world.new_id()}-{world.new_id()}",
         )
         world.customers[customer.tenant_id] = customer
-        for sku_id, part, sku_name, product, catalog_sku in rng.sample(SKU_CATALOG, k=rng.randrange(1, 4)):
+        for sku_id, part, sku_name, product, catalog_sku in rng.sample(
+            SKU_CATALOG, k=rng.randrange(1, 4)
+        ):
             size = max(1, int(users * rng.uniform(0.5, 1.2)))
             subscription = Subscription(
                 id=world.new_id(),
@@ -556,8 +684,13 @@ def generate(
             )
             customer.subscriptions[subscription.id] = subscription
             customer.skus[sku_id] = Sku(
-                skuId=sku_id, skuPartNumber=part, name=sku_name, productId=product,
-                catalogSkuId=catalog_sku, enabled=size, subscriptionIds=[subscription.id],
+                skuId=sku_id,
+                skuPartNumber=part,
+                name=sku_name,
+                productId=product,
+                catalogSkuId=catalog_sku,
+                enabled=size,
+                subscriptionIds=[subscription.id],
             )
         count = max(1, round(users * rng.uniform(0.8, 1.2)))
         for i in range(count):
@@ -567,10 +700,13 @@ def generate(
         members = [u.id for u in customer.users.values() if u.userType == "Member"]
         for group_name in ("All Staff", "Loc-London", "Loc-Manchester", "Finance Team"):
             group = Group(
-                id=world.new_id(), displayName=group_name,
+                id=world.new_id(),
+                displayName=group_name,
                 mail=f"{group_name.lower().replace(' ', '')}@{customer.domain}",
                 securityEnabled=True,
-                members=members if group_name == "All Staff" else rng.sample(members, k=len(members) // 4),
+                members=members
+                if group_name == "All Staff"
+                else rng.sample(members, k=len(members) // 4),
             )
             customer.groups[group.id] = group
             customer.changes.append((world.next_sequence(), "group", group.id))
@@ -600,10 +736,14 @@ def generate(
                                 "Unit": unit,
                                 "ResourceGroup": rng.choice(("rg-prod", "rg-dev", "rg-shared")),
                                 "Tags": {"env": rng.choice(("prod", "dev"))},
-                                "UsageDate": (world.now - timedelta(days=rng.randrange(1, 28))).strftime("%Y-%m-%dT00:00:00"),
+                                "UsageDate": (
+                                    world.now - timedelta(days=rng.randrange(1, 28))
+                                ).strftime("%Y-%m-%dT00:00:00"),
                                 "Quantity": str(quantity),
                                 "UnitPrice": str(price),
-                                "BillingPreTaxTotal": str((quantity * price).quantize(Decimal("0.000001"))),
+                                "BillingPreTaxTotal": str(
+                                    (quantity * price).quantize(Decimal("0.000001"))
+                                ),
                                 "BillingCurrency": "GBP",
                                 "ChargeType": "new",
                             },

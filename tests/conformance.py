@@ -29,7 +29,9 @@ SAMPLES = Path(__file__).parent / "data" / "microsoft_docs"
 def load_sample(area: str, name: str) -> dict[str, Any]:
     sample = json.loads((SAMPLES / area / f"{name}.json").read_text(encoding="utf-8"))
     assert {"source", "request", "response"} <= sample.keys(), f"{area}/{name}: malformed sample"
-    assert sample["source"].get("repo") and sample["source"].get("path"), f"{area}/{name}: no source"
+    assert sample["source"].get("repo") and sample["source"].get("path"), (
+        f"{area}/{name}: no source"
+    )
     return sample
 
 
@@ -43,7 +45,9 @@ def _kind(value: Any) -> str:
     return {str: "string", list: "array", dict: "object"}[type(value)]
 
 
-def conformance_problems(sample: Any, actual: Any, path: str = "$", optional: frozenset[str] = frozenset()) -> list[str]:
+def conformance_problems(
+    sample: Any, actual: Any, path: str = "$", optional: frozenset[str] = frozenset()
+) -> list[str]:
     problems: list[str] = []
     if sample is None:
         return problems
@@ -64,5 +68,7 @@ def conformance_problems(sample: Any, actual: Any, path: str = "$", optional: fr
 
 
 def assert_conforms(sample: dict[str, Any], actual: Any) -> None:
-    problems = conformance_problems(sample["response"], actual, optional=frozenset(sample.get("optional", ())))
+    problems = conformance_problems(
+        sample["response"], actual, optional=frozenset(sample.get("optional", ()))
+    )
     assert not problems, "\n".join(problems)

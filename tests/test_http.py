@@ -67,7 +67,9 @@ def server():
         do_GET = do_POST = do_PATCH = _answer
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     script.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
