@@ -164,7 +164,14 @@ def register(emulator: Emulator) -> None:
     )
     @guarded
     def quantity(emu: Emulator, request: Request, tenant: str, subscription_id: str) -> Response:
+        from .partner_center import notify_subscription_updated
+
         world.set_quantity(tenant, subscription_id, int(_body(request)["quantity"]))
+        customer = world.customer(tenant)
+        # A change made elsewhere (the Partner Center portal) is announced by webhook too.
+        notify_subscription_updated(
+            emu, customer.partner_tenant, customer.tenant_id, subscription_id
+        )
         return Response(status=204)
 
     @route(

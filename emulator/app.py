@@ -228,6 +228,9 @@ class Emulator:
         #: Every request served: (method, path, status), for tests.
         self.requests: list[tuple[str, str, int]] = []
         self.state: dict[str, Any] = {}  # what endpoint modules keep between requests
+        #: The server's trustme CA, when served by `EmulatorServer` (signs the webhook
+        #: signing certificate); ``None`` for an app used on its own.
+        self.ca: Any = None
         from . import admin, billing, graph, login, partner_center, pricing
 
         for module in (login, graph, partner_center, billing, pricing, admin):
@@ -327,7 +330,7 @@ class Emulator:
         tenant = values.get("tenant") or values.get("customer_id") or self._token_tenant(request)
         fault = self.take_fault(endpoint, tenant)
         if fault is not None:
-            answer = self.fault_response(fault, endpoint)
+            answer = self.fault_response(fault, endpoint, request, tenant)
             if answer is not None:
                 return answer
         try:
@@ -335,7 +338,9 @@ class Emulator:
         except AuthFailure as failure:
             return failure.response
 
-    def fault_response(self, fault: Fault, endpoint: str) -> Response | None:
+    def fault_response(
+        self, fault: Fault, endpoint: str, request: Request, tenant: str | None
+    ) -> Response | None:
         retry = {"Retry-After": f"{fault.retry_after:g}"}
         kind = fault.kind.lower()
         if kind == "slow":
@@ -371,10 +376,11 @@ class Emulator:
                 "Service Unavailable", status=503, headers=retry, content_type="text/plain"
             )
         if kind == "forbidden":
+            partner = self._token_tenant(request) or "unknown"
             return partner_center_error(
                 403,
                 20002,
-                "The partner has no commerce relationship with the customer: the reseller relationship is missing or has expired.",
+                f"The partner ID {partner} has no commerce relationship with the customer ID {tenant}.",
             )
         if kind == "denied":
             return graph_error(

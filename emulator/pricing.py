@@ -1,5 +1,281 @@
-"""Endpoints of the emulator (being written)."""
+"""The Partner pricing API (``https://api.partner.microsoft.com``) under ``/partnerapi``: price sheets.
+
+``GET /partnerapi/v1.0/sales/pricesheets(Market='GB',PricesheetView='updatedlicensebased')/$value``
+answers the new-commerce licence price list as a CSV file stream (or a zip holding it, when the
+request's ``Accept-Encoding`` names ``deflate``), with ``timeline`` = ``current`` (default),
+``history`` (with ``month=YYYYMM``) or ``future``.
+
+Page followed: Partner Center developer/get-a-price-sheet.md (``kvamseek/partner-center`` copy at
+85eb3c40). Rows: one for each SKU of `world.SKU_CATALOG` and each (term, billing plan) it is
+sold on — P1M billed monthly, P1Y billed monthly, P1Y billed annually (P1M is never billed
+annually) — in GBP for GB and USD for US, plus a tiered product whose price depends on the
+seat count (``PricingTierRangeMin``/``Max`` filled in).
+
+Choices where the docs are silent:
+
+* The CSV copies the documented sample byte for byte in its form: every field quoted, lines ending
+  in ``\\n``, the header's last column written ``"ERP Price“`` (a curly closing quote, as the
+  page shows; ``emulator.state["pricesheet_straight_quote"] = True`` writes ``"ERP Price"``),
+  dates as ``M/D/YYYY h:mm:ss AM``, prices as plain decimals (``115.2``, ``144``).
+  UnitPrice is ERP less 20%, the ratio of the page's sample row.
+* ``timeline=future`` answers 404 unless ``emulator.state["price_changes"]`` plans changes:
+  ``{"<ProductId>:<SkuId>": multiplier}``, effective the first of next month.
+* App-only tokens are refused with 401 (the page: "Application-only isn't yet supported";
+  partners report ``401 Unauthorized: Invalid Authorization header``). The body shape of the
+  pricing host's errors is not documented; ours is ``{"code": …, "message": …}``.
+* Unknown market → 400; a view other than updatedlicensebased → 400 if it is not a documented
+  view, 501 if it is one the emulator does not serve; ``timeline=history`` without a valid
+  ``month`` → 400.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from .app import PARTNER_API, AuthFailure, Emulator, json_response
+from .world import SKU_CATALOG
+
+HEADER = (
+    "ProductTitle",
+    "ProductId",
+    "SkuId",
+    "SkuTitle",
+    "Publisher",
+    "SkuDescription",
+    "UnitOfMeasure",
+    "TermDuration",
+    "BillingPlan",
+    "Market",
+    "Currency",
+    "UnitPrice",
+    "PricingTierRangeMin",
+    "PricingTierRangeMax",
+    "EffectiveStartDate",
+    "EffectiveEndDate",
+    "Tags",
+    "ERP Price",
+)
+VIEWS = (
+    "azure_consumption",
+    "azure_reservations",
+    "updatedlicensebased",
+    "marketplace",
+    "software",
+)
+MARKETS = {"GB": "GBP", "US": "USD"}
+PARTNER_RATIO = Decimal("0.8")  # 115.2 / 144 in the page's sample row
+#: Estimated retail price a user a month, on a one-year term billed monthly.
+MONTHLY_ERP = {
+    "SPE_E3": {"GBP": Decimal("33.10"), "USD": Decimal("36.00")},
+    "SPB": {"GBP": Decimal("18.10"), "USD": Decimal("22.00")},
+    "O365_BUSINESS_PREMIUM": {"GBP": Decimal("10.30"), "USD": Decimal("12.50")},
+    "O365_BUSINESS_ESSENTIALS": {"GBP": Decimal("4.90"), "USD": Decimal("6.00")},
+    "DESKLESSPACK": {"GBP": Decimal("6.60"), "USD": Decimal("8.00")},
+    "FLOW_FREE": {"GBP": Decimal("0"), "USD": Decimal("0")},
+}
+DESCRIPTIONS = {
+    "SPE_E3": "Productivity apps, security and device management for enterprises.",
+    "SPB": "Productivity apps with advanced security and device management, for up to 300 users.",
+    "O365_BUSINESS_PREMIUM": "Desktop versions of Microsoft 365 apps with email, file storage and Teams, for up to 300 users.",
+    "O365_BUSINESS_ESSENTIALS": "Web and mobile versions of Microsoft 365 apps with email, file storage and Teams.",
+    "DESKLESSPACK": "Email, collaboration and apps for frontline workers.",
+    "FLOW_FREE": "Automate workflows across apps and services.",
+}
+#: A product priced in tiers of seats: (min, max or None, monthly ERP by currency).
+TIERED = {
+    "title": "Microsoft Teams Rooms Pro (tiered example)",
+    "product": "CFQ7TTC0TIER",
+    "sku": "0001",
+    "description": "Tiered example: the price a seat falls as the seat count rises.",
+    "tiers": (
+        (1, 50, {"GBP": Decimal("32.00"), "USD": Decimal("40.00")}),
+        (51, 500, {"GBP": Decimal("28.80"), "USD": Decimal("36.00")}),
+        (501, None, {"GBP": Decimal("25.60"), "USD": Decimal("32.00")}),
+    ),
+}
+#: (term, billing plan, multiplier of the monthly ERP): P1M costs 20% more than P1Y.
+PLANS = (
+    ("P1M", "Monthly", Decimal("1.2")),
+    ("P1Y", "Monthly", Decimal("1")),
+    ("P1Y", "Annual", Decimal("12")),
+)
+SHEET = re.compile(
+    r"^pricesheets\(\s*Market\s*=\s*'(?P<market>[^']*)'\s*,\s*PricesheetView\s*=\s*'(?P<view>[^']*)'\s*\)$",
+    re.IGNORECASE,
+)
 
 
-def register(emulator) -> None:
-    return None
+def _error(status: int, code: str, message: str) -> Response:
+    return json_response({"code": code, "message": message}, status=status)
+
+
+def price_text(value: Decimal) -> str:
+    """``115.2``, ``144``, ``0``: no exponent, no trailing zeros."""
+    text = format(value.quantize(Decimal("0.0001")), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def sheet_date(value: datetime) -> str:
+    """``2/1/2019 12:00:00 AM``: month/day/year without padding, 12-hour clock."""
+    hour = value.hour % 12 or 12
+    half = "AM" if value.hour < 12 else "PM"
+    return f"{value.month}/{value.day}/{value.year} {hour}:{value:%M:%S} {half}"
+
+
+def _month_bounds(first: datetime) -> tuple[datetime, datetime]:
+    following = (first + timedelta(days=32)).replace(day=1)
+    return first, following - timedelta(seconds=1)
+
+
+def price_rows(
+    market: str, start: datetime, end: datetime, changes: dict[str, Any] | None = None
+) -> list[list[str]]:
+    """The sheet's rows for ``market`` in force from ``start`` to ``end``."""
+    currency = MARKETS[market]
+    changes = changes or {}
+    rows: list[list[str]] = []
+
+    def add(title, product, sku, description, term, plan, erp, low="", high="") -> None:
+        factor = Decimal(str(changes.get(f"{product}:{sku}", 1)))
+        erp = (erp * factor).quantize(Decimal("0.01"))
+        rows.append(
+            [
+                title,
+                product,
+                sku,
+                title,
+                "Microsoft Corporation",
+                description,
+                "",
+                term,
+                plan,
+                market,
+                currency,
+                price_text(erp * PARTNER_RATIO),
+                low,
+                high,
+                sheet_date(start),
+                sheet_date(end),
+                "License",
+                price_text(erp),
+            ]
+        )
+
+    for _sku_id, part, name, product, catalog_sku in SKU_CATALOG:
+        monthly = MONTHLY_ERP.get(part, {}).get(currency, Decimal("10"))
+        for term, plan, times in PLANS:
+            add(
+                name,
+                product,
+                catalog_sku,
+                DESCRIPTIONS.get(part, name),
+                term,
+                plan,
+                monthly * times,
+            )
+    for low, high, prices in TIERED["tiers"]:
+        for term, plan, times in PLANS:
+            add(
+                TIERED["title"],
+                TIERED["product"],
+                TIERED["sku"],
+                TIERED["description"],
+                term,
+                plan,
+                prices[currency] * times,
+                str(low),
+                "" if high is None else str(high),
+            )
+    return rows
+
+
+def render_csv(rows: list[list[str]], *, curly: bool = True) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerow(HEADER)
+    for row in rows:
+        writer.writerow(row)
+    text = buffer.getvalue()
+    if curly:  # the page's header ends "ERP Price“ — a curly quote closes the last column
+        first, _, rest = text.partition("\n")
+        text = first[:-1] + "\u201c" + "\n" + rest
+    return text.encode("utf-8")
+
+
+def register(emulator: Emulator) -> None:
+    world = emulator.world
+
+    @emulator.route(
+        "/partnerapi/v1.0/sales/<sheet>/$value",
+        endpoint="pricing.pricesheet",
+        doc="developer/get-a-price-sheet.md",
+    )
+    def pricesheet(emu: Emulator, request: Request, sheet: str) -> Response:
+        token = emu.authorize(request, PARTNER_API)
+        if token.app_only:
+            raise AuthFailure(_error(401, "Unauthorized", "Invalid Authorization header"))
+        if token.tenant not in world.partners:
+            return _error(403, "Forbidden", "The caller is not in a partner tenant.")
+        match = SHEET.match(sheet)
+        if match is None:
+            return _error(404, "NotFound", f"No resource at sales/{sheet}.")
+        market, view = match["market"].upper(), match["view"]
+        if view not in VIEWS:
+            return _error(400, "BadRequest", f"Invalid PricesheetView '{view}'.")
+        if market not in MARKETS:
+            return _error(400, "BadRequest", f"Invalid Market '{match['market']}'.")
+        if view != "updatedlicensebased":
+            return _error(
+                501, "NotImplemented", f"The emulator serves only updatedlicensebased, not {view}."
+            )
+        timeline = request.args.get("timeline", "current").lower()
+        this_month = world.now.replace(
+            day=1, hour=0, minute=0, second=0, microsecond=0, tzinfo=None
+        )
+        changes: dict[str, Any] = {}
+        if timeline == "current":
+            start, end = _month_bounds(this_month)
+        elif timeline == "history":
+            month = request.args.get("month", "")
+            if not re.fullmatch(r"\d{6}", month) or not 1 <= int(month[4:]) <= 12:
+                return _error(400, "BadRequest", "timeline=history needs month=YYYYMM.")
+            first = datetime(int(month[:4]), int(month[4:]), 1)
+            if first > this_month:
+                return _error(400, "BadRequest", f"Month {month} is not in the past.")
+            start, end = _month_bounds(first)
+        elif timeline == "future":
+            changes = emu.state.get("price_changes") or {}
+            if not changes:  # "there will be no future price list returned": 404
+                return Response(status=404)
+            start, end = _month_bounds((this_month + timedelta(days=32)).replace(day=1))
+        else:
+            return _error(
+                400, "BadRequest", f"Invalid timeline '{timeline}': history, current or future."
+            )
+        data = render_csv(
+            price_rows(market, start, end, changes),
+            curly=not emu.state.get("pricesheet_straight_quote"),
+        )
+        if "deflate" in request.headers.get("Accept-Encoding", "").lower():
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr("sheets.csv", data)
+            data, filename = buffer.getvalue(), "sheets.zip"
+        else:
+            filename = "sheets.csv"
+        return Response(
+            data,
+            content_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f"attachment; filename={filename}",
+                "Cache-Control": "private",
+            },
+        )

@@ -38,7 +38,13 @@ class EmulatorServer:
         self._tmp = None if state_dir else tempfile.TemporaryDirectory(prefix="halo-emulator-")
         self.state_dir = Path(state_dir or self._tmp.name)  # type: ignore[union-attr]
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ca = trustme.CA(organization_name="halo-integrator emulator")
+        # Receivers of Partner Center webhooks check that the signing certificate's issuer
+        # is "O=Microsoft Corporation" (the webhooks page's sample): the emulator's CA says
+        # so too, and its unit says what it really is.
+        self.ca = trustme.CA(
+            organization_name="Microsoft Corporation",
+            organization_unit_name="halo-integrator emulator, not Microsoft",
+        )
         leaf = self.ca.issue_cert(host, "localhost", "127.0.0.1")
         self.ca_bundle = self.state_dir / "emulator-ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_bundle))
@@ -46,6 +52,7 @@ class EmulatorServer:
         leaf.cert_chain_pems[0].write_to_path(str(cert))
         leaf.private_key_pem.write_to_path(str(key))
         self.app = Emulator(self.world)
+        self.app.ca = self.ca  # signs the webhook certificate, so its chain verifies
         self._server = wsgi.Server(
             (host, port), self.app, numthreads=threads, server_name="emulator"
         )

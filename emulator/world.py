@@ -715,7 +715,16 @@ def generate(
         for i in range(max(0, round(devices * rng.uniform(0.8, 1.2)))):
             device = _make_device(world, customer, i)
             customer.devices[device.id] = device
+        this_month = world.now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        last_month = (this_month - timedelta(days=1)).replace(day=1)
+        # Each row's date falls inside its own period: the current month up to now, or the
+        # whole of the last month.
+        period_days = {
+            "current": (this_month, max(1, (world.now - this_month).days + 1)),
+            "last": (last_month, (this_month - last_month).days),
+        }
         for period in ("current", "last"):
+            start, days = period_days[period]
             for subscription_index in range(2):
                 azure_subscription = world.new_id()
                 for category, meter, unit, price in METER_CATEGORIES:
@@ -736,9 +745,9 @@ def generate(
                                 "Unit": unit,
                                 "ResourceGroup": rng.choice(("rg-prod", "rg-dev", "rg-shared")),
                                 "Tags": {"env": rng.choice(("prod", "dev"))},
-                                "UsageDate": (
-                                    world.now - timedelta(days=rng.randrange(1, 28))
-                                ).strftime("%Y-%m-%dT00:00:00"),
+                                "UsageDate": (start + timedelta(days=rng.randrange(days))).strftime(
+                                    "%Y-%m-%dT00:00:00"
+                                ),
                                 "Quantity": str(quantity),
                                 "UnitPrice": str(price),
                                 "BillingPreTaxTotal": str(
@@ -749,5 +758,6 @@ def generate(
                             },
                         )
                     )
+    # The first invoice is the one billing the last period's rows.
     world.invoices = [f"G{rng.randrange(10**9):09d}" for _ in range(2)]
     return world

@@ -20,6 +20,7 @@ against the sample's first item. Paths in ``optional`` may be absent.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def _kind(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, Decimal)):
         return "number"
     return {str: "string", list: "array", dict: "object"}[type(value)]
 

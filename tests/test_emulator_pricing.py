@@ -1,0 +1,150 @@
+"""The emulated Partner pricing API: the new-commerce licence price sheet as CSV or zip,
+timelines, and the App+User-only rule; checked against the documented sample."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from decimal import Decimal
+
+import requests
+from conformance import assert_conforms, load_sample
+
+from halo_microsoft_emulator import app as emulator_app
+from halo_microsoft_emulator import pricing
+from halo_microsoft_emulator.world import SKU_CATALOG
+
+SHEET = "/partnerapi/v1.0/sales/pricesheets(Market='{market}',PricesheetView='{view}')/$value"
+DATE = re.compile(r"^\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}:\d{2} [AP]M$")
+PRICE = re.compile(r"^\d+(\.\d+)?$")
+
+
+def headers(server, *, delegated: bool = True, encoding: str = "identity") -> dict[str, str]:
+    partner = next(iter(server.world.partners.values()))
+    token = server.app.tokens.issue(
+        client_id=partner.partner_center_app.client_id,
+        tenant=partner.tenant_id,
+        resource=emulator_app.PARTNER_API,
+        scopes=(f"{emulator_app.PARTNER_API}/{'user_impersonation' if delegated else '.default'}",),
+        user="sales-agent@emulatedmsp1.onmicrosoft.com" if delegated else None,
+    )
+    return {"Authorization": f"Bearer {token.value}", "Accept-Encoding": encoding}
+
+
+def sheet(
+    server, market: str = "GB", view: str = "updatedlicensebased", query: str = "", **kwargs
+) -> requests.Response:
+    kwargs.setdefault("headers", headers(server))
+    url = server.base_url + SHEET.format(market=market, view=view) + query
+    return requests.get(url, verify=str(server.ca_bundle), timeout=10, **kwargs)
+
+
+def parse(text: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows. The header's last column closes with a curly quote, as documented,
+    so it is read on its own, its last quote straightened."""
+    header_line, _, rest = text.partition("\n")
+    assert header_line.endswith('"ERP Price\u201c')
+    header = next(csv.reader([header_line[:-1] + '"']))
+    return header, list(csv.reader(io.StringIO(rest)))
+
+
+def test_price_sheet_csv_as_documented(emulator):
+    response = sheet(emulator)
+    assert response.status_code == 200, response.text
+    sample = load_sample("pricing", "pricesheet_updatedlicensebased")
+    text = response.content.decode("utf-8")
+    lines = text.splitlines()
+    actual = {"headers": dict(response.headers), "lines": lines}
+    assert_conforms(sample, actual)
+    for name, value in sample["response"]["headers"].items():
+        assert response.headers[name] == value
+    assert lines[0] == sample["response"]["lines"][0]  # byte for byte, curly quote included
+    # A naive CSV reader runs the header into the first row: the curly quote never closes it.
+    assert len(next(csv.reader(io.StringIO(text)))) != 18
+
+    header, rows = parse(text)
+    assert header == list(pricing.HEADER)
+    tiered = [r for r in rows if r[12]]
+    plain = [r for r in rows if not r[12]]
+    assert len(plain) == len(SKU_CATALOG) * 3 and len(tiered) == 9
+    keys = {(r[1], r[2], r[7], r[8]) for r in plain}
+    assert len(keys) == len(plain)  # one row per product, SKU, term and billing plan
+    assert {(r[7], r[8]) for r in plain} == {
+        ("P1M", "Monthly"),
+        ("P1Y", "Monthly"),
+        ("P1Y", "Annual"),
+    }
+    assert {(r[1], r[2]) for r in plain} == {
+        (product, sku) for _, _, _, product, sku in SKU_CATALOG
+    }
+    for row in rows:
+        assert len(row) == 18 and row[9] == "GB" and row[10] == "GBP" and row[16] == "License"
+        assert DATE.match(row[14]) and DATE.match(row[15]), row
+        assert PRICE.match(row[11]) and PRICE.match(row[17]), row
+        assert Decimal(row[11]) == Decimal(row[17]) * Decimal("0.8")
+    annual = {r[1]: Decimal(r[17]) for r in plain if r[8] == "Annual"}
+    monthly = {r[1]: Decimal(r[17]) for r in plain if r[7] == "P1Y" and r[8] == "Monthly"}
+    assert all(annual[p] == monthly[p] * 12 for p in annual)
+    assert sorted((int(r[12]), r[13]) for r in tiered if r[8] == "Annual") == [
+        (1, "50"),
+        (51, "500"),
+        (501, ""),
+    ]
+    assert plain[0][14] == "1/1/2026 12:00:00 AM" and plain[0][15] == "1/31/2026 11:59:59 PM"
+
+    us = parse(sheet(emulator, market="us").content.decode("utf-8"))[1]
+    assert {(r[9], r[10]) for r in us} == {("US", "USD")}
+
+
+def test_deflate_answers_a_zip(emulator):
+    plain = sheet(emulator).content
+    for encoding in ("deflate", "gzip, deflate"):  # requests sends the latter by default
+        response = sheet(emulator, headers=headers(emulator, encoding=encoding))
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        assert "Content-Encoding" not in response.headers
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            (name,) = archive.namelist()
+            assert name.endswith(".csv")
+            assert archive.read(name) == plain
+    header, rows = parse(plain.decode("utf-8"))
+    assert len(header) == 18 and rows
+
+
+def test_timelines(emulator):
+    assert sheet(emulator, query="?timeline=future").status_code == 404  # no planned changes
+    emulator.app.state["price_changes"] = {"CFQ7TTC0LFLZ:0001": "1.1"}
+    future = sheet(emulator, query="?timeline=future")
+    assert future.status_code == 200
+    _, rows = parse(future.content.decode("utf-8"))
+    _, now = parse(sheet(emulator).content.decode("utf-8"))
+    assert rows[0][14] == "2/1/2026 12:00:00 AM"
+    e3_now = {(r[7], r[8]): Decimal(r[17]) for r in now if r[1] == "CFQ7TTC0LFLZ"}
+    e3_future = {(r[7], r[8]): Decimal(r[17]) for r in rows if r[1] == "CFQ7TTC0LFLZ"}
+    assert all(
+        e3_future[k] == (e3_now[k] * Decimal("1.1")).quantize(Decimal("0.01")) for k in e3_now
+    )
+    assert [r for r in rows if r[1] != "CFQ7TTC0LFLZ"] == [
+        r[:14] + rows[0][14:16] + r[16:] for r in now if r[1] != "CFQ7TTC0LFLZ"
+    ]
+
+    history = sheet(emulator, query="?timeline=history&month=202511")
+    assert history.status_code == 200
+    assert parse(history.content.decode("utf-8"))[1][0][14:16] == [
+        "11/1/2025 12:00:00 AM",
+        "11/30/2025 11:59:59 PM",
+    ]
+    assert sheet(emulator, query="?timeline=history").status_code == 400
+    assert sheet(emulator, query="?timeline=history&month=209901").status_code == 400
+    assert sheet(emulator, query="?timeline=someday").status_code == 400
+
+
+def test_refusals(emulator):
+    app_only = sheet(emulator, headers=headers(emulator, delegated=False))
+    assert app_only.status_code == 401
+    assert sheet(emulator, headers={}).status_code == 401
+    assert sheet(emulator, market="ZZ").status_code == 400
+    assert sheet(emulator, view="nonsense").status_code == 400
+    assert sheet(emulator, view="azure_consumption").status_code == 501
