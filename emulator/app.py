@@ -1,7 +1,9 @@
 """The emulator's WSGI application: routing, tokens, faults and the shapes of errors.
 
 One loopback server stands for every Microsoft host; each host is a path prefix, so that an
-endpoint setting such as ``graph = "https://127.0.0.1:8443/graph"`` points the client at it:
+endpoint setting such as ``graph = "https://127.0.0.1:8443/graph"`` points the client at it
+(the login service is also served on an origin of its own, where paths start with the
+tenant as Microsoft's do: MSAL reads the tenant from there):
 
 | prefix | stands for |
 |---|---|
@@ -220,6 +222,10 @@ class Emulator:
     def __init__(self, world: World, *, base_url: str = "https://127.0.0.1") -> None:
         self.world = world
         self.base_url = base_url
+        #: Hosts served on an origin of their own (no path prefix): ``{"login": "https://..."}``.
+        #: MSAL reads the tenant from the first path segment of the token endpoint, so the
+        #: login service must have the tenant first, as Microsoft's has.
+        self.origins: dict[str, str] = {}
         self.tokens = Tokens()
         self.faults: list[Fault] = []
         self._faults_lock = threading.Lock()
@@ -257,11 +263,17 @@ class Emulator:
 
     def url(self, prefix: str, path: str) -> str:
         """An absolute URL on this emulator, as a next link or a Location would carry it."""
-        return f"{self.base_url}/{prefix}{path}"
+        origin = self.origins.get(prefix)
+        return f"{origin}{path}" if origin else f"{self.base_url}/{prefix}{path}"
 
     # -- faults ----------------------------------------------------------------------------
 
     def inject(self, kind: str, **options: Any) -> Fault:
+        from .login import FAULT_KINDS
+
+        known = {"throttle", "unavailable", "slow", "drop", "forbidden", "denied", *FAULT_KINDS}
+        if kind.lower() not in known:
+            raise ValueError(f"unknown fault kind {kind!r}: use one of {', '.join(sorted(known))}")
         fault = Fault(kind=kind, **options)
         with self._faults_lock:
             self.faults.append(fault)

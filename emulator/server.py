@@ -30,6 +30,7 @@ class EmulatorServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        login_port: int = 0,
         threads: int = 8,
         state_dir: Path | None = None,
     ) -> None:
@@ -53,11 +54,23 @@ class EmulatorServer:
         leaf.private_key_pem.write_to_path(str(key))
         self.app = Emulator(self.world)
         self.app.ca = self.ca  # signs the webhook certificate, so its chain verifies
-        self._server = wsgi.Server(
-            (host, port), self.app, numthreads=threads, server_name="emulator"
+        self._server = self._listener((host, port), self.app, threads, cert, key)
+        # The login service gets an origin of its own, so its paths start with the tenant
+        # as Microsoft's do (MSAL reads the tenant from there).
+        self._login = self._listener(
+            (host, login_port), _Prefixed(self.app, "/login"), 4, cert, key
         )
-        self._server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def _listener(
+        bind: tuple[str, int], app: Any, threads: int, cert: Path, key: Path
+    ) -> wsgi.Server:
+        server = wsgi.Server(bind, app, numthreads=threads, server_name="emulator")
+        server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
+        # Stop in a few milliseconds rather than half a second.
+        server.expiration_interval = 0.05
+        return server
 
     @property
     def port(self) -> int:
@@ -67,10 +80,14 @@ class EmulatorServer:
     def base_url(self) -> str:
         return f"https://{self.host}:{self.port}"
 
+    @property
+    def login_url(self) -> str:
+        return f"https://{self.host}:{self._login.bind_addr[1]}"
+
     def endpoints(self) -> dict[str, str]:
         """The ``[endpoints]`` settings that point a config at this emulator."""
         return {
-            "login": f"{self.base_url}/login",
+            "login": self.login_url,
             "graph": f"{self.base_url}/graph",
             "partner_center": f"{self.base_url}/partnercenter",
             "partner_api": f"{self.base_url}/partnerapi",
@@ -79,15 +96,20 @@ class EmulatorServer:
 
     def start(self) -> EmulatorServer:
         self._server.prepare()
+        self._login.prepare()
         self.app.base_url = self.base_url
-        self._thread = threading.Thread(target=self._server.serve, name="emulator", daemon=True)
-        self._thread.start()
+        self.app.origins["login"] = self.login_url
+        for name, server in (("emulator", self._server), ("emulator-login", self._login)):
+            thread = threading.Thread(target=server.serve, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
         self._server.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._login.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -96,3 +118,15 @@ class EmulatorServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+class _Prefixed:
+    """WSGI middleware serving ``app`` with ``prefix`` put before every path."""
+
+    def __init__(self, app: Any, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        environ["PATH_INFO"] = self.prefix + environ.get("PATH_INFO", "")
+        return self.app(environ, start_response)

@@ -469,6 +469,11 @@ def export(app: App, what: str, fmt: str) -> None:
     type=click.IntRange(0, 65535),
     help="0 picks a free port.",
 )
+@click.option(
+    "--login-port",
+    type=click.IntRange(0, 65535),
+    help="Port of the login service, which has an origin of its own (default: --port + 1, or free with --port 0).",
+)
 @click.option("--seed", default=1, show_default=True, help="Seed of the generated world.")
 @click.option(
     "--customers", default=3, show_default=True, type=click.IntRange(1), help="Customer tenants."
@@ -490,11 +495,13 @@ def export(app: App, what: str, fmt: str) -> None:
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the emulator's CA here, so a config can trust it across restarts (default: a temporary folder).",
+    help="Write the emulator's CA bundle here, so a config's ca_bundle path stays the same across "
+    "restarts (the CA itself is new each start; default: a temporary folder).",
 )
 def emulator_command(
     host: str,
     port: int,
+    login_port: int | None,
     seed: int,
     customers: int,
     users: int,
@@ -515,7 +522,11 @@ def emulator_command(
         raise click.ClickException(f"the emulator is not installed: {exc}") from None
     world = generate(seed=seed, customers=customers, users=users, devices=devices)
     try:
-        server = EmulatorServer(world, host=host, port=port, state_dir=state_dir).start()
+        if login_port is None:
+            login_port = port + 1 if port else 0
+        server = EmulatorServer(
+            world, host=host, port=port, login_port=login_port, state_dir=state_dir
+        ).start()
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
