@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from halo_microsoft_csp import errors as csp_errors
 
 from halo_integrator_core import errors
+from halo_microsoft_csp import errors as csp_errors
 
 TENANT = "50612dbb-0237-4969-b378-8d42590f9c00"
 APP = "MSP Service Sync (78b9b9b6-6a3d-4c8f-9a53-95701700b726)"
@@ -90,8 +90,7 @@ def test_each_token_refusal_has_its_type_cause_and_fix(result, error_type, in_me
     message = str(error)
     assert "Fix: " in message
     assert "Trace ID" not in message  # Microsoft's trace lines stay out of the one-line reason
-    if error_type not in (csp_errors.ClientInvalid, csp_errors.TokenRequestFailed):
-        assert APP in message
+    assert APP in message and TENANT in message
     for fragment in in_message:
         assert fragment in message
 

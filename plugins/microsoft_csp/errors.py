@@ -37,7 +37,14 @@ class MicrosoftAuthError(Exception):
         self.app = app
         self.detail = detail
         code_text = f"{code}: " if code else ""
-        super().__init__(f"{code_text}{cause}. Fix: {fix}")
+        # Every message names the tenant and the app registration involved.
+        missing = [
+            f"{label} {value}"
+            for label, value in (("tenant", tenant), ("app", app))
+            if value and value not in cause
+        ]
+        where = f" ({'; '.join(missing)})" if missing else ""
+        super().__init__(f"{code_text}{cause}{where}. Fix: {fix}")
 
 
 class ConsentMissing(MicrosoftAuthError):
