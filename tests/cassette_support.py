@@ -30,18 +30,37 @@ CANONICAL = {
     "blob": "https://halobillingexports.blob.core.windows.net",
 }
 
-#: Set by the ``microsoft`` fixture while recording: the emulator's base URL.
-recording_base: list[str] = []
+#: Set by the ``microsoft`` fixture while recording: the emulator's URLs → Microsoft's hosts.
+recording_origins: dict[str, str] = {}
 
-_URL_SECRETS = re.compile(r"(?i)([?&](?:code|sig|skoid|sktid|skt|ske|sks|skv|code_verifier)=)[^&#\s\"']+")
+
+def record_from(server: Any) -> None:
+    """Rewrite what `server` (an `EmulatorServer`) answers to the hosts it stands for."""
+    endpoints = server.endpoints()
+    recording_origins.clear()
+    recording_origins.update(
+        {
+            endpoints["login"]: CANONICAL["login"],
+            endpoints["graph"]: CANONICAL["graph"],
+            endpoints["partner_center"]: CANONICAL["partnercenter"],
+            endpoints["partner_api"]: CANONICAL["partnerapi"],
+            f"{server.base_url}/blob": CANONICAL["blob"],
+            # The login origin's own name for the emulator's main origin (rare, but exact).
+            f"{server.base_url}/login": CANONICAL["login"],
+        }
+    )
+
+
+_URL_SECRETS = re.compile(
+    r"(?i)([?&](?:code|sig|skoid|sktid|skt|ske|sks|skv|code_verifier)=)[^&#\s\"']+"
+)
 _TOKEN_FIELDS = ("access_token", "refresh_token", "id_token", "client_info")
 FORM_SECRETS = ["client_secret", "client_assertion", "code", "code_verifier", "refresh_token"]
 
 
 def to_canonical(text: str) -> str:
-    for base in recording_base:
-        for prefix, host in CANONICAL.items():
-            text = text.replace(f"{base}/{prefix}", host)
+    for emulated in sorted(recording_origins, key=len, reverse=True):
+        text = text.replace(emulated, recording_origins[emulated])
     return _URL_SECRETS.sub(rf"\1{SCRUBBED}", text)
 
 
@@ -77,7 +96,7 @@ def _scrub_token_fields(text: str) -> str:
         data = json.loads(text)
     except ValueError:
         return text
-    if isinstance(data, dict) and any(field in data for field in _TOKEN_FIELDS + ("sasToken",)):
+    if isinstance(data, dict) and any(field in data for field in (*_TOKEN_FIELDS, "sasToken")):
         for field in _TOKEN_FIELDS:
             if field in data:
                 data[field] = SCRUBBED
@@ -100,7 +119,9 @@ VCR_CONFIG = {
 LEAKS = (
     re.compile(r"(?i)bearer\s+(?!SCRUBBED)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"(?i)\"(access_token|refresh_token|id_token)\"\s*:\s*\"(?!SCRUBBED)[^\"]+\""),
-    re.compile(r"(?i)(client_secret|client_assertion|refresh_token|code_verifier)=(?!SCRUBBED)[^&\s\"']+"),
+    re.compile(
+        r"(?i)(client_secret|client_assertion|refresh_token|code_verifier)=(?!SCRUBBED)[^&\s\"']+"
+    ),
     re.compile(r"(?i)[?&](code|sig)=(?!SCRUBBED)[^&\s\"']+"),
     re.compile(r"emu\.[A-Za-z0-9_-]{20,}"),  # an emulator access token
     re.compile(r"(pc|gdap)-secret-\d+-\d+-[0-9a-f]+"),  # an emulated app's secret

@@ -108,3 +108,18 @@ def emulator():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def vcr_config():
+    """Cassettes: secrets scrubbed and emulator URLs made canonical on the way in."""
+    from cassette_support import VCR_CONFIG
+
+    return VCR_CONFIG
+
+
+@pytest.fixture(scope="module")
+def vcr_cassette_dir(request: pytest.FixtureRequest) -> str:
+    from cassette_support import CASSETTES
+
+    return str(CASSETTES / request.module.__name__.rsplit(".", 1)[-1])

@@ -191,7 +191,10 @@ def call_error(error: HttpError, *, api: str, tenant: str | None, app: str | Non
     Graph (``api="graph"``) that the guide lists; other errors are returned as they are."""
     if not isinstance(error, PermissionDenied):
         return error
-    if api == "graph" and error.code == "Authorization_RequestDenied":
+    if api == "graph" and error.code in (
+        "Authorization_RequestDenied",
+        "Authentication_MSGraphPermissionMissing",
+    ):
         return InsufficientPrivileges(
             cause=f"insufficient privileges for app {app or '?'} in tenant {tenant or '?'}",
             fix="give the GDAP app Application (not Delegated) permissions and grant admin "
