@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -124,22 +125,38 @@ def test_a_naive_timestamp_is_refused(store):
 
 
 def test_a_unit_commits_together_or_not_at_all(store):
-    with pytest.raises(RuntimeError), store.unit():
-        _insert_customer(store, "never")  # its own unit: committed
-        with store.unit() as connection:
+    _insert_customer(store, "kept")
+    with pytest.raises(RuntimeError, match="crash"), store.unit() as connection:
+        for name in ("rolled back", "and this"):
             connection.execute(
                 sa.insert(schema.customers).values(
-                    name="rolled back",
-                    source="t",
-                    active=True,
-                    created_at=utcnow(),
-                    updated_at=utcnow(),
+                    name=name, source="t", active=True, created_at=utcnow(), updated_at=utcnow()
                 )
             )
-            raise RuntimeError("crash")
+        raise RuntimeError("crash")
     with store.read() as connection:
         names = connection.execute(sa.select(schema.customers.c.name)).scalars().all()
-    assert names == ["never"]
+    assert names == ["kept"]
+
+
+def test_units_take_turns_on_sqlite_and_a_nested_one_is_refused(store):
+    if not store.serializes_writes:
+        pytest.skip("PostgreSQL has row locks, not one writer")
+    with store.unit(), pytest.raises(RuntimeError, match="one writer at a time"), store.unit():
+        pass
+    order: list[str] = []
+
+    def second() -> None:
+        with store.unit():
+            order.append("second")
+
+    with store.unit():
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=0.2)
+        order.append("first")  # the other thread's unit waits for this one
+    thread.join(timeout=5)
+    assert order == ["first", "second"]
 
 
 def test_a_dry_run_sees_its_own_work_and_leaves_nothing(store):

@@ -9,7 +9,8 @@ what a real run would and writes nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -39,6 +40,9 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dry_connection: Connection | None = None
+        self._write_lock = threading.Lock()
+        self._writer: int | None = None  # the thread holding the write lock
+        self._after_unit: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -94,20 +98,67 @@ class Store:
 
     # -- units of work ---------------------------------------------------------------------
 
+    @property
+    def serializes_writes(self) -> bool:
+        """SQLite has one writer at a time: this process's units take turns."""
+        return self.engine.dialect.name == "sqlite"
+
+    def after_unit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each unit ends, outside it (to flush what waited for it)."""
+        self._after_unit.append(callback)
+
     @contextlib.contextmanager
     def unit(self) -> Iterator[Connection]:
         """One unit of work: committed together, or not at all."""
         if self._dry_connection is not None:
             with self._dry_connection.begin_nested():
                 yield self._dry_connection
-        else:
-            with self.engine.begin() as connection:
-                yield connection
+            return
+        try:
+            with self._writing(), self.engine.connect() as connection:
+                # On SQLite the write lock is taken at BEGIN (IMMEDIATE): a unit that read
+                # first and wrote later would fail if another connection wrote in between.
+                connection = connection.execution_options(halo_write=True)
+                with connection.begin():
+                    yield connection
+        finally:
+            for callback in self._after_unit:
+                callback()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        if not self.serializes_writes:
+            yield
+            return
+        if self._writer == threading.get_ident():
+            raise RuntimeError(
+                "a unit of work was opened inside another on the same thread: SQLite has one "
+                "writer at a time, so the inner one could never start"
+            )
+        with self._write_lock:
+            self._writer = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._writer = None
+
+    def try_write(self) -> contextlib.AbstractContextManager[Connection] | None:
+        """A connection to write with now, or ``None`` if a unit holds the store (SQLite).
+
+        For small writes that can wait (the request log): they never block on a unit, which
+        may be this very thread's.
+        """
+        if self.serializes_writes:
+            if not self._write_lock.acquire(blocking=False):
+                return None
+            return _released(self._write_lock, self.engine.begin())
+        return self.engine.begin()
 
     @contextlib.contextmanager
     def dry_run(self) -> Iterator[None]:
         """Within this block every unit runs in a savepoint of one transaction rolled back."""
-        with self.engine.connect() as connection:
+        with self._writing(), self.engine.connect() as connection:
+            connection = connection.execution_options(halo_write=True)
             transaction = connection.begin()
             self._dry_connection = connection
             try:
@@ -121,6 +172,17 @@ class Store:
         if self._dry_connection is not None:
             return contextlib.nullcontext(self._dry_connection)
         return self.engine.connect()
+
+
+@contextlib.contextmanager
+def _released(
+    lock: threading.Lock, begin: contextlib.AbstractContextManager[Connection]
+) -> Iterator[Connection]:
+    try:
+        with begin as connection:
+            yield connection
+    finally:
+        lock.release()
 
 
 def create_engine(url: str) -> Engine:
@@ -144,7 +206,8 @@ def create_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN")
+            write = connection.get_execution_options().get("halo_write")
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
