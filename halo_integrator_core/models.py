@@ -26,6 +26,7 @@ __all__ = [
     "Price",
     "RecordError",
     "Removed",
+    "SkipTenant",
     "Subscription",
     "Tenant",
     "TenantAccess",
@@ -277,6 +278,15 @@ class RecordError:
 
     entity_id: str | None
     reason: str
+
+
+class SkipTenant(Exception):
+    """Raised by a per-tenant fetch hook: this tenant cannot be synced for a known reason.
+
+    For what the user must do, not for failures: consent not granted yet, no reseller
+    relationship for a Partner Center-only kind. The core counts it as skipped with the
+    reason, leaves the tenant's stored records and bookmark as they are, and goes on.
+    """
 
 
 @attrs.frozen(kw_only=True)

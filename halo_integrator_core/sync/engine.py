@@ -23,7 +23,15 @@ from sqlalchemy.engine import Connection
 from ..config import Config
 from ..context import ModuleContext, module_context
 from ..http import HttpClient
-from ..models import Checkpoint, EntityKind, RecordError, Removed, Tenant, TenantAccess
+from ..models import (
+    Checkpoint,
+    EntityKind,
+    RecordError,
+    Removed,
+    SkipTenant,
+    Tenant,
+    TenantAccess,
+)
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
 from ..store.request_log import StoreRequestLog
@@ -455,6 +463,10 @@ class _ModuleRun:
         try:
             with self.store.unit() as connection:
                 _EntityUnit(self, rule, target, connection, counts).run()
+        except SkipTenant as skip:
+            # Known and the user's to fix (consent, say): counted as skipped, not failed.
+            counts = Counts(skipped=1)
+            self.problem(Problem(rule.kind.value, tenant_id, None, "skipped", str(skip)))
         except Exception as exc:
             # Nothing of the unit was committed: count the tenant's kind as one failure.
             counts, error = Counts(failed=1), f"{rule.kind.value}: {_reason(exc)}"

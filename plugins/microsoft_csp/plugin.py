@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from halo_integrator_core import ModuleSpec, hookimpl
+from collections.abc import Iterator
+from typing import Any
 
+from halo_integrator_core import ModuleContext, ModuleSpec, Tenant, hookimpl
+
+from . import directory
 from .settings import MicrosoftCspSettings
 
 MODULE = ModuleSpec(
@@ -18,3 +22,20 @@ MODULE = ModuleSpec(
 @hookimpl
 def declare_modules() -> list[ModuleSpec]:
     return [MODULE]
+
+
+@hookimpl
+def fetch_tenants(context: ModuleContext) -> Iterator[Any]:
+    return directory.fetch_tenants(context)
+
+
+@hookimpl
+def fetch_licences(context: ModuleContext, tenant: Tenant, bookmark: str | None) -> Iterator[Any]:
+    return directory.fetch_licences(context, tenant)
+
+
+@hookimpl
+def fetch_subscriptions(
+    context: ModuleContext, tenant: Tenant, bookmark: str | None
+) -> Iterator[Any]:
+    return directory.fetch_subscriptions(context, tenant)

@@ -1,0 +1,382 @@
+"""What the CSP module fetches: tenants (Partner Center and GDAP), licences, subscriptions.
+
+Guide sections 4 and 5. Tenants are the union of the partner's reseller customers (Partner
+Center, in "GDAP and DAP" mode) and its delegated admin relationships (Graph), each with
+its access state; licences are the customer directory's subscribed SKUs (Graph, through the
+GDAP app); subscriptions are the partner's Partner Center subscriptions of the customer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+
+from halo_integrator_core import (
+    Checkpoint,
+    Licence,
+    ModuleContext,
+    RecordError,
+    SkipTenant,
+    Subscription,
+    Tenant,
+    TenantAccess,
+)
+from halo_integrator_core.config import ValueProblem
+from halo_integrator_core.errors import HttpError
+from halo_integrator_core.http import HttpClient
+from halo_integrator_core.paging import odata_pages, partner_center_pages
+from halo_integrator_core.translation import translate
+
+from .auth import GRAPH_RESOURCE, PARTNER_CENTER_RESOURCE, AppTokens
+from .errors import ApplicationNotFound, ConsentMissing, MicrosoftAuthError, call_error
+from .payloads import (
+    DelegatedAdminRelationship,
+    PartnerCenterCustomer,
+    PartnerCenterSubscription,
+    SubscribedSku,
+)
+from .settings import Connection, LicenceImportType, MicrosoftCspSettings, RelationshipMode
+from .sku_names import product_name
+
+log = structlog.get_logger(__name__)
+
+#: The GDAP roles that let the modules read a customer (guide 2.3): any one will do.
+NEEDED_ROLES = {
+    "88d8e3e3-8f55-4a1e-953a-9b9898b8876b": "Directory Readers",
+    "f2ef992c-3afb-46b9-b7cf-a126ee74c451": "Global Reader",
+    "fe930be7-5e62-47db-91af-98c3a49a38b1": "User Administrator",
+    "4d6ac14f-3453-41d0-bef9-a3e0c569773a": "License Administrator",
+}
+ROLE_NAMES = {
+    **NEEDED_ROLES,
+    "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
+    "729827e3-9c14-49f7-bb1b-9608f156bbb8": "Helpdesk Administrator",
+}
+CUSTOMERS_PAGE = 500
+
+
+class ConnectionClients:
+    """Tokens of one connection's two app registrations."""
+
+    def __init__(self, connection: Connection, context: ModuleContext, http: HttpClient) -> None:
+        self.connection = connection
+        login = (
+            context.endpoints.url("login")
+            if context.endpoints
+            else "https://login.microsoftonline.com"
+        )
+        pc, gdap = connection.partner_center_app, connection.gdap_app
+        self.partner_center = AppTokens(
+            client_id=str(pc.client_id),
+            secret=pc.client_secret.resolve,
+            authority=login,
+            http=http,
+            app_name=f"Partner Center app {pc.client_id} of connection {connection.name}",
+        )
+        self.gdap = AppTokens(
+            client_id=str(gdap.client_id),
+            secret=gdap.client_secret.resolve,
+            authority=login,
+            http=http,
+            app_name=f"GDAP app {gdap.client_id} of connection {connection.name}",
+        )
+
+
+class CspSession:
+    """What one run of the module shares between its hook calls: clients and tokens."""
+
+    def __init__(self, context: ModuleContext) -> None:
+        if context.http is None or context.endpoints is None:
+            raise RuntimeError(
+                "the Microsoft CSP module needs the host's HTTP client and endpoints"
+            )
+        self.http = context.http
+        self.endpoints = context.endpoints
+        settings: MicrosoftCspSettings = context.settings
+        self.connections = {c.name: c for c in settings.connections}
+        self._clients: dict[str, ConnectionClients] = {}
+        self._context = context
+
+    def clients(self, connection: Connection) -> ConnectionClients:
+        if connection.name not in self._clients:
+            self._clients[connection.name] = ConnectionClients(connection, self._context, self.http)
+        return self._clients[connection.name]
+
+    def url(self, host: str, path: str) -> str:
+        return f"{self.endpoints.url(host)}{path}"
+
+    def connection_of(self, tenant: Tenant) -> Connection:
+        connection = self.connections.get(tenant.connection or "")
+        if connection is None:
+            raise SkipTenant(
+                f"tenant {tenant.tenant_id} came from connection {tenant.connection!r}, which is "
+                "no longer in the config: its records are kept as they are"
+            )
+        return connection
+
+
+_sessions: weakref.WeakKeyDictionary[HttpClient, CspSession] = weakref.WeakKeyDictionary()
+
+
+def session(context: ModuleContext) -> CspSession:
+    """The session of this run (one per HTTP client, which the host makes per engine)."""
+    found = _sessions.get(context.http) if context.http is not None else None
+    if found is None or found._context.settings is not context.settings:
+        found = CspSession(context)
+        _sessions[context.http] = found
+    return found
+
+
+# --- tenants -------------------------------------------------------------------------------
+
+
+def fetch_tenants(context: ModuleContext) -> Iterator[Any]:
+    csp = session(context)
+    complete = True
+    for connection in csp.connections.values():
+        with structlog.contextvars.bound_contextvars(connection=connection.name):
+            try:
+                yield from _tenants_of(csp, connection)
+            except (HttpError, MicrosoftAuthError, ValueProblem) as exc:
+                # This connection's tenants stay as stored; the other connections go on.
+                complete = False
+                yield RecordError(entity_id=None, reason=f"connection {connection.name}: {exc}")
+    yield Checkpoint(bookmark=None, complete=complete)
+
+
+def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
+    clients = csp.clients(connection)
+    partner = str(connection.tenant_id)
+    resellers: dict[str, PartnerCenterCustomer] = {}
+    if connection.relationship_mode is RelationshipMode.GDAP_AND_DAP:
+        headers = clients.partner_center.headers(partner, PARTNER_CENTER_RESOURCE)
+        try:
+            pages = partner_center_pages(
+                csp.http,
+                csp.endpoints.url("partner_center"),
+                "/v1/customers",
+                params={"size": CUSTOMERS_PAGE},
+                headers=headers,
+            )
+            for page in pages:
+                for item in page.items:
+                    customer = translate(item, PartnerCenterCustomer)
+                    if isinstance(customer, RecordError):
+                        yield customer
+                    else:
+                        resellers[customer.company_profile.tenant_id.lower()] = customer
+        except HttpError as exc:
+            raise call_error(
+                exc, api="partner_center", tenant=partner, app=clients.partner_center.app_name
+            ) from None
+
+    relationships: dict[str, list[DelegatedAdminRelationship]] = {}
+    headers = clients.partner_center.headers(partner, GRAPH_RESOURCE)
+    try:
+        url = csp.url("graph", "/v1.0/tenantRelationships/delegatedAdminRelationships")
+        for page in odata_pages(csp.http, url, headers=headers):
+            for item in page.items:
+                relationship = translate(item, DelegatedAdminRelationship)
+                if isinstance(relationship, RecordError):
+                    yield relationship
+                else:
+                    relationships.setdefault(relationship.customer.tenant_id.lower(), []).append(
+                        relationship
+                    )
+    except HttpError as exc:
+        raise call_error(
+            exc, api="graph", tenant=partner, app=clients.partner_center.app_name
+        ) from None
+
+    tenant_ids = set(relationships) | set(resellers)
+    for tenant_id in sorted(tenant_ids):
+        yield _tenant(
+            csp, connection, tenant_id, resellers.get(tenant_id), relationships.get(tenant_id, [])
+        )
+
+
+def _tenant(
+    csp: CspSession,
+    connection: Connection,
+    tenant_id: str,
+    reseller: PartnerCenterCustomer | None,
+    relationships: list[DelegatedAdminRelationship],
+) -> Tenant:
+    active = [r for r in relationships if r.status in ("active", "expiring")]
+    roles = {role.role_definition_id for r in active for role in r.access_details.unified_roles}
+    details: list[str] = []
+    if active:
+        access = TenantAccess.RESELLER_AND_GDAP if reseller else TenantAccess.GDAP_ONLY
+    elif relationships:
+        access = TenantAccess.GDAP_EXPIRED
+        statuses = sorted({r.status for r in relationships})
+        details.append(
+            f"the GDAP relationship is {' / '.join(statuses)}: users and devices cannot be read "
+            "until a new relationship is approved"
+        )
+    else:
+        access = TenantAccess.RESELLER_ONLY
+        details.append("no GDAP relationship: licences and subscriptions only")
+    if active and not roles & NEEDED_ROLES.keys():
+        details.append(
+            "the GDAP relationship grants none of the roles the modules need (one of "
+            + ", ".join(NEEDED_ROLES.values())
+            + "): add one to the relationship and to the AdminAgents group's access assignment"
+        )
+    if active:
+        try:
+            csp.clients(connection).gdap.token(tenant_id, GRAPH_RESOURCE)
+        except (ConsentMissing, ApplicationNotFound) as exc:
+            access = TenantAccess.CONSENT_MISSING
+            details.append(
+                f"consent needed: {exc} — the consent URL: `halo-integrator csp consent-url {tenant_id}`"
+            )
+        except MicrosoftAuthError as exc:
+            details.append(f"token refused: {exc}")
+    name = (
+        reseller.company_profile.company_name
+        if reseller
+        else next(
+            (r.customer.display_name for r in relationships if r.customer.display_name), tenant_id
+        )
+    )
+    return Tenant(
+        tenant_id=tenant_id,
+        name=name,
+        connection=connection.name,
+        default_domain=reseller.company_profile.domain if reseller else None,
+        access=access,
+        access_detail="; ".join(details) or None,
+        attributes={
+            "reseller": reseller is not None,
+            "gdapStatus": sorted({r.status for r in relationships}) or None,
+            "gdapRelationships": sorted(r.id for r in relationships),
+            "gdapRoles": sorted(ROLE_NAMES.get(role, role) for role in roles),
+            "missingRoles": bool(active) and not roles & NEEDED_ROLES.keys(),
+        },
+    )
+
+
+# --- licences and subscriptions ------------------------------------------------------------
+
+
+def _import_type(connection: Connection) -> LicenceImportType:
+    return connection.licence_import_type
+
+
+def fetch_licences(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:
+    csp = session(context)
+    connection = csp.connection_of(tenant)
+    if _import_type(connection) is LicenceImportType.SUBSCRIPTIONS:
+        # "Your subscriptions": no SKUs; any stored before are marked inactive.
+        yield Checkpoint(bookmark=None, complete=True)
+        return
+    headers = _customer_graph_headers(csp, connection, tenant)
+    url = csp.url("graph", "/v1.0/subscribedSkus")
+    try:
+        body = csp.http.json("GET", url, headers=headers)
+    except HttpError as exc:
+        raise call_error(
+            exc, api="graph", tenant=tenant.tenant_id, app=csp.clients(connection).gdap.app_name
+        ) from None
+    for item in body.get("value", []):
+        sku = translate(
+            item, SubscribedSku, entity_id=item.get("skuId") if isinstance(item, dict) else None
+        )
+        if isinstance(sku, RecordError):
+            yield sku
+            continue
+        yield Licence(
+            sku_id=sku.sku_id,
+            sku_part_number=sku.sku_part_number,
+            name=product_name(sku.sku_part_number),
+            total_units=sku.prepaid_units.enabled,
+            consumed_units=sku.consumed_units,
+            suspended_units=sku.prepaid_units.suspended,
+            warning_units=sku.prepaid_units.warning,
+            capability_status=sku.capability_status,
+            attributes={
+                "appliesTo": sku.applies_to,
+                "lockedOutUnits": sku.prepaid_units.locked_out,
+            },
+        )
+    yield Checkpoint(bookmark=None, complete=True)
+
+
+def _customer_graph_headers(
+    csp: CspSession, connection: Connection, tenant: Tenant
+) -> dict[str, str]:
+    if tenant.access in (TenantAccess.RESELLER_ONLY, TenantAccess.GDAP_EXPIRED):
+        raise SkipTenant(
+            f"no active GDAP relationship with tenant {tenant.tenant_id}: its directory "
+            "(licences, users, devices) cannot be read"
+        )
+    try:
+        return csp.clients(connection).gdap.headers(tenant.tenant_id, GRAPH_RESOURCE)
+    except (ConsentMissing, ApplicationNotFound) as exc:
+        raise SkipTenant(
+            f"consent needed: {exc} — the consent URL: `halo-integrator csp consent-url {tenant.tenant_id}`"
+        ) from None
+
+
+def fetch_subscriptions(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:
+    csp = session(context)
+    connection = csp.connection_of(tenant)
+    if _import_type(connection) is LicenceImportType.SKUS:
+        yield Checkpoint(bookmark=None, complete=True)
+        return
+    if not tenant.attributes.get("reseller"):
+        raise SkipTenant(
+            f"tenant {tenant.tenant_id} has no reseller relationship with the partner: its "
+            "subscriptions are not the partner's to import (licence import type "
+            f"{connection.licence_import_type.value} of connection {connection.name})"
+        )
+    clients = csp.clients(connection)
+    headers = clients.partner_center.headers(str(connection.tenant_id), PARTNER_CENTER_RESOURCE)
+    path = f"/v1/customers/{tenant.tenant_id}/subscriptions"
+    try:
+        for page in partner_center_pages(
+            csp.http, csp.endpoints.url("partner_center"), path, headers=headers
+        ):
+            for item in page.items:
+                subscription = translate(item, PartnerCenterSubscription)
+                if isinstance(subscription, RecordError):
+                    yield subscription
+                    continue
+                yield _subscription(subscription)
+    except HttpError as exc:
+        raise call_error(
+            exc, api="partner_center", tenant=tenant.tenant_id, app=clients.partner_center.app_name
+        ) from None
+    yield Checkpoint(bookmark=None, complete=True)
+
+
+def _subscription(payload: PartnerCenterSubscription) -> Subscription:
+    product_id, sku_id = None, None
+    if payload.offer_id and payload.offer_id.count(":") == 2:
+        product_id, sku_id, _ = payload.offer_id.split(":")
+    return Subscription(
+        subscription_id=payload.id,
+        offer_id=payload.offer_id,
+        name=payload.friendly_name or payload.offer_name or payload.id,
+        quantity=payload.quantity,
+        unit_type=payload.unit_type,
+        status=payload.status,
+        # Term and billing cycle are Partner Center's own words, never date arithmetic.
+        billing_cycle=payload.billing_cycle,
+        term_duration=payload.term_duration,
+        auto_renew=payload.auto_renew_enabled,
+        created_at=payload.creation_date,
+        effective_start=payload.effective_start_date,
+        commitment_end=payload.commitment_end_date,
+        attributes={
+            "offerName": payload.offer_name,
+            "productId": product_id,
+            "skuId": sku_id,
+            "billingType": payload.billing_type,
+            "orderId": payload.order_id,
+        },
+    )

@@ -1,0 +1,193 @@
+"""The Microsoft CSP module's tenants, licences and subscriptions, synced from the emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from halo_integrator_core.config import load_config
+from halo_integrator_core.export import export_rows
+from halo_integrator_core.plugins import PluginHost
+from halo_integrator_core.sync.engine import SyncEngine
+
+
+def csp_config(
+    emulator,
+    write_config,
+    *,
+    mode: str = "gdap_and_dap",
+    licences: str = "subscriptions_and_skus",
+    extra: str = "",
+) -> Any:
+    partner = next(iter(emulator.world.partners.values()))
+    endpoints = "\n".join(f'{key} = "{value}"' for key, value in emulator.endpoints().items())
+    return load_config(
+        write_config(
+            f"""
+[endpoints]
+{endpoints}
+
+[integrator]
+create_customers_from_tenants = true
+{extra}
+[modules.microsoft_csp]
+enabled = true
+
+[[modules.microsoft_csp.connections]]
+name = "main"
+tenant_id = "{partner.tenant_id}"
+relationship_mode = "{mode}"
+licence_import_type = "{licences}"
+partner_center_app = {{ client_id = "{partner.partner_center_app.client_id}", client_secret = {{ env = "TEST_PC_SECRET" }} }}
+gdap_app = {{ client_id = "{partner.gdap_app.client_id}", client_secret = {{ env = "TEST_GDAP_SECRET" }} }}
+"""
+        )
+    )
+
+
+@pytest.fixture
+def secrets(emulator, monkeypatch):
+    partner = next(iter(emulator.world.partners.values()))
+    monkeypatch.setenv("TEST_PC_SECRET", partner.partner_center_app.secret)
+    monkeypatch.setenv("TEST_GDAP_SECRET", partner.gdap_app.secret)
+
+
+def sync(store, config):
+    host = PluginHost.load(config)
+    [result] = SyncEngine(store, config, host).run()
+    return result
+
+
+def exported(store, what: str) -> list[dict[str, Any]]:
+    with store.read() as connection:
+        return list(export_rows(connection, what))
+
+
+def expected_access(customer) -> str:
+    if customer.gdap_status == "active":
+        if not customer.consented:
+            return "consent_missing"
+        return "reseller_and_gdap" if customer.reseller else "gdap_only"
+    if customer.gdap_status:
+        return "gdap_expired"
+    return "reseller_only"
+
+
+def test_gdap_and_dap_mode_unites_both_sources_with_each_access_state(
+    emulator, store, write_config, secrets
+):
+    result = sync(store, csp_config(emulator, write_config))
+    tenants = {t["tenant_id"]: t for t in exported(store, "tenants")}
+    world = emulator.world.customers
+    assert set(tenants) == set(world)  # reseller customers ∪ GDAP relationships
+    for tenant_id, customer in world.items():
+        assert tenants[tenant_id]["access"] == expected_access(customer), customer.name
+        assert tenants[tenant_id]["connection"] == "main"
+        assert tenants[tenant_id]["name"] == customer.name
+    states = {t["access"] for t in tenants.values()}
+    assert {
+        "reseller_and_gdap",
+        "gdap_only",
+        "reseller_only",
+        "gdap_expired",
+        "consent_missing",
+    } <= states
+    consent = next(t for t in tenants.values() if t["access"] == "consent_missing")
+    assert (
+        "csp consent-url" in consent["access_detail"]
+        and "AADSTS7000229" in consent["access_detail"]
+    )
+    # Consent missing is the user's to fix: skipped, with the reason, and nothing failed.
+    assert result.outcome == "succeeded", result.problems
+    skipped = {(p.kind, p.tenant_id) for p in result.problems if p.outcome == "skipped"}
+    assert ("licences", consent["tenant_id"]) in skipped
+
+
+def test_gdap_only_mode_needs_no_reseller_relationship(emulator, store, write_config, secrets):
+    sync(store, csp_config(emulator, write_config, mode="gdap_only"))
+    tenants = {t["tenant_id"] for t in exported(store, "tenants")}
+    assert tenants == {t for t, c in emulator.world.customers.items() if c.gdap_status}
+    assert not any(
+        req[1].startswith("/partnercenter/v1/customers?") for req in emulator.app.requests
+    )
+
+
+def test_missing_gdap_roles_are_reported_per_tenant(emulator, store, write_config, secrets):
+    customer = next(c for c in emulator.world.customers.values() if c.consented)
+    customer.gdap_roles = ["62e90394-69f5-4237-9190-012177145e10"]  # Global Administrator only
+    sync(store, csp_config(emulator, write_config))
+    [tenant] = [t for t in exported(store, "tenants") if t["tenant_id"] == customer.tenant_id]
+    assert "none of the roles the modules need" in tenant["access_detail"]
+    assert "Directory Readers" in tenant["access_detail"]
+
+
+def test_skus_come_from_the_directory_with_their_units(emulator, store, write_config, secrets):
+    sync(store, csp_config(emulator, write_config, licences="skus"))
+    licences = exported(store, "licences")
+    readable = [
+        c for c in emulator.world.customers.values() if c.gdap_status == "active" and c.consented
+    ]
+    assert {(row["tenant_id"], row["external_id"]) for row in licences} == {
+        (c.tenant_id, sku) for c in readable for sku in c.skus
+    }
+    for licence in licences:
+        customer = emulator.world.customers[licence["tenant_id"]]
+        sku = customer.skus[licence["external_id"]]
+        assert licence["sku_part_number"] == sku.skuPartNumber
+        assert licence["name"] == sku.name  # a readable product name, not the part number
+        assert licence["total_units"] == sku.enabled
+        assert licence["consumed_units"] == customer.consumed(sku.skuId)
+    assert exported(store, "subscriptions") == []
+
+
+def test_subscriptions_come_from_partner_center_with_term_and_cycle(
+    emulator, store, write_config, secrets
+):
+    sync(store, csp_config(emulator, write_config, licences="subscriptions"))
+    subscriptions = exported(store, "subscriptions")
+    resellers = [c for c in emulator.world.customers.values() if c.reseller]
+    assert {s["external_id"] for s in subscriptions} == {
+        s for c in resellers for s in c.subscriptions
+    }
+    for row in subscriptions:
+        source = emulator.world.customers[row["tenant_id"]].subscriptions[row["external_id"]]
+        assert row["quantity"] == source.quantity
+        assert row["term_duration"] == source.termDuration
+        assert row["billing_cycle"] == source.billingCycle
+        assert row["offer_id"] == source.offerId
+        assert row["status"] == "active" and row["auto_renew"] is True
+        assert row["started_at"] and row["commitment_end"]
+    assert exported(store, "licences") == []
+
+
+def test_a_quantity_change_and_a_vanished_subscription_follow(
+    emulator, store, write_config, secrets
+):
+    config = csp_config(emulator, write_config)
+    sync(store, config)
+    customer = next(c for c in emulator.world.customers.values() if c.reseller and c.subscriptions)
+    first = next(iter(customer.subscriptions))
+    emulator.world.set_quantity(customer.tenant_id, first, 42)
+    result = sync(store, config)
+    assert result.counts["subscriptions"].updated >= 1
+    rows = {s["external_id"]: s for s in exported(store, "subscriptions")}
+    assert rows[first]["quantity"] == 42
+    with emulator.world.lock:
+        del customer.subscriptions[first]
+    sync(store, config)
+    rows = {s["external_id"]: s for s in exported(store, "subscriptions")}
+    assert rows[first]["active"] is False and rows[first]["inactive_since"]
+
+
+def test_one_failing_connection_keeps_its_tenants_and_is_reported(
+    emulator, store, write_config, secrets
+):
+    config = csp_config(emulator, write_config)
+    sync(store, config)
+    emulator.app.inject("forbidden", endpoint="partner_center.customers")
+    result = sync(store, config)
+    assert result.counts["tenants"].failed == 1
+    [problem] = [p for p in result.problems if p.kind == "tenants"]
+    assert "connection main" in problem.reason and "reseller relationship" in problem.reason
+    assert all(t["active"] for t in exported(store, "tenants"))
