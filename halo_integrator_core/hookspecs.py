@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import click
 import pluggy
 
 from .context import ModuleContext
@@ -135,4 +136,17 @@ def on_webhook(context: ModuleContext, event: WebhookEvent) -> WebhookOutcome | 
     a 4xx `WebhookOutcome` rather than raising. The core logs the request and the outcome
     as an inbound request and syncs the kinds in ``WebhookOutcome.refresh``. Must not block
     for long: the sender is waiting.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add sub-commands to the command line.
+
+    Called once at start-up, before the command line is parsed, only for plugins of enabled
+    modules (a disabled module's plugin is never imported, so its commands are absent). Add
+    commands or groups with ``cli.add_command(...)``; a command that needs the configuration
+    gets it from click's context object (``click.get_current_context().obj.config()``), as
+    the core commands do. Must not read the configuration or do I/O, and should be cheap:
+    it runs on every invocation, whichever command is asked for.
     """

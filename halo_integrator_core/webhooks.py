@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 
-import sqlalchemy as sa
 import structlog
 
 from .config import Config
 from .context import module_context
 from .models import WebhookEvent, WebhookOutcome
 from .plugins import ActiveModule, PluginHost
-from .store import Store, schema
+from .store import Store
+from .store.request_log import record_inbound
 
 log = structlog.get_logger(__name__)
 
@@ -36,22 +36,18 @@ def handle_webhook(
         )
     else:
         outcome = _call(host, active, config, event)
-    with store.unit() as connection:
-        connection.execute(
-            sa.insert(schema.request_log).values(
-                direction="inbound",
-                at=event.received_at,
-                module=event.module,
-                tenant_id=outcome.tenant_id,
-                method="POST",
-                url=path,
-                status=outcome.status,
-                duration_ms=round((time.monotonic() - started) * 1000),
-                retries=0,
-                outcome=outcome.event_name,
-                detail=outcome.message,
-            )
-        )
+    record_inbound(
+        store,
+        module=event.module,
+        method="POST",
+        url=path,
+        status=outcome.status,
+        outcome=outcome.event_name,
+        detail=outcome.message,
+        tenant_id=outcome.tenant_id,
+        duration_ms=round((time.monotonic() - started) * 1000),
+        at=event.received_at,
+    )
     log.info(
         "webhook.handled",
         module=event.module,

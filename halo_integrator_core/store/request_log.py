@@ -3,12 +3,50 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..http import RequestLogEntry
+from ..logging import redact_text
 from . import Store, schema
+
+
+def record_inbound(
+    store: Store,
+    *,
+    module: str,
+    method: str,
+    url: str,
+    status: int,
+    outcome: str | None,
+    detail: str | None = None,
+    tenant_id: str | None = None,
+    connection: str | None = None,
+    duration_ms: int | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Keep a request that reached us (a webhook, a sign-in or consent answer) in the
+    inbound request log, its URL's and detail's secrets removed. Plugins record through this;
+    they never write the store themselves."""
+    with store.unit() as connection_:
+        connection_.execute(
+            sa.insert(schema.request_log).values(
+                direction="inbound",
+                at=at or datetime.now(UTC),
+                module=module,
+                connection=connection,
+                tenant_id=tenant_id,
+                method=method,
+                url=redact_text(url),
+                status=status,
+                duration_ms=duration_ms,
+                retries=0,
+                outcome=outcome,
+                detail=redact_text(detail)[:1000] if detail else None,
+            )
+        )
 
 
 class StoreRequestLog:

@@ -39,3 +39,11 @@ def fetch_subscriptions(
     context: ModuleContext, tenant: Tenant, bookmark: str | None
 ) -> Iterator[Any]:
     return directory.fetch_subscriptions(context, tenant)
+
+
+@hookimpl
+def register_commands(cli) -> None:  # cli: click.Group
+    """``halo-integrator csp ...``: authorize, status, disconnect, consent-url, consent."""
+    from .commands import csp  # the command line's code, kept out of a sync's imports
+
+    cli.add_command(csp)

@@ -1,0 +1,580 @@
+"""``halo-integrator csp ...``: authorize connections, see their state, grant admin consent.
+
+Added to the command line by the plugin's `register_commands` hook, so present only while
+the ``microsoft_csp`` module is enabled. Each command gets the configuration from click's
+context object, as the core commands do. The waiting commands serve the redirect endpoints
+(`callbacks`) on the redirect URI's loopback port until the answer arrives or the timeout
+passes. Errors are printed with their cause and fix, never as a traceback: exit 2 when the
+command line or the configuration is wrong, 1 when Microsoft or the sign-in refused.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import sys
+import webbrowser
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
+
+import click
+import sqlalchemy as sa
+import structlog
+
+from halo_integrator_core.config import (
+    CLOUD_HOSTS,
+    Config,
+    ConfigError,
+    Guid,
+    ValueProblem,
+    structure_module_settings,
+)
+from halo_integrator_core.errors import HttpError
+from halo_integrator_core.http import HttpClient
+from halo_integrator_core.store import Store, schema
+from halo_integrator_core.store.request_log import StoreRequestLog
+
+from .auth import AppTokens
+from .callbacks import (
+    DEFAULT_AUTH_REDIRECT_URI,
+    CallbackApp,
+    LoopbackServer,
+    RedirectUriError,
+    loopback_address,
+)
+from .consent import (
+    DEFAULT_CONSENT_REDIRECT_URI,
+    ConsentResult,
+    consent_fix,
+    consent_url,
+)
+from .delegated import AuthorizationStatus, DelegatedTokens
+from .errors import MicrosoftAuthError
+from .settings import Connection, MicrosoftCspSettings
+
+MODULE = "microsoft_csp"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+DEFAULT_TIMEOUT = 300.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandFailed(Exception):
+    """A command that could not do its job, with what to do about it."""
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+# -- shared ---------------------------------------------------------------------------------
+
+
+def _usage(message: str, fix: str | None = None) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    if fix:
+        click.echo(f"fix: {fix}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _reported(command: F) -> F:
+    """Print a failure as one clear message (cause and fix) and exit, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RedirectUriError as exc:
+            _usage(str(exc))
+        except CommandFailed as exc:
+            click.echo(f"error: {exc}", err=True)
+            click.echo(f"fix: {exc.fix}", err=True)
+        except (MicrosoftAuthError, HttpError) as exc:
+            click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+    return run  # type: ignore[return-value]
+
+
+def _config() -> Config:
+    # ``obj`` is the core's App: it loads the file once, reports its problems (exit 2) and
+    # configures logging.
+    return click.get_current_context().obj.config()
+
+
+def _store() -> Store:
+    return click.get_current_context().obj.store()
+
+
+def _settings(config: Config) -> MicrosoftCspSettings:
+    try:
+        return structure_module_settings(config, MODULE, MicrosoftCspSettings)
+    except ConfigError as exc:
+        from halo_integrator_core.cli import fail_config
+
+        fail_config(ConfigError(exc.problems, source=config.source))
+
+
+def _connection(settings: MicrosoftCspSettings, name: str | None, config: Config) -> Connection:
+    names = [c.name for c in settings.connections]
+    if not names:
+        _usage(
+            f"no connections are configured in [modules.{MODULE}]",
+            f"add a [[modules.{MODULE}.connections]] table to {config.source or 'the configuration'} "
+            "(name, tenant_id, partner_center_app, gdap_app), then `halo-integrator config check`",
+        )
+    if name is None:
+        if len(names) == 1:
+            return settings.connections[0]
+        _usage(
+            f"there are {len(names)} connections: say which with --connection "
+            f"(one of: {', '.join(names)})"
+        )
+    for connection in settings.connections:
+        if connection.name == name:
+            return connection
+    _usage(f"no connection named {name!r} (connections: {', '.join(names)})")
+
+
+def _http(config: Config, store: Store | None = None) -> HttpClient:
+    return HttpClient(
+        verify=config.endpoints.verify,
+        request_log=StoreRequestLog(store) if store is not None else None,
+    )
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "unknown"
+
+
+def _describe_status(status: AuthorizationStatus) -> str:
+    if status.expires_at is None:
+        return f"authorized as {status.username}; no access token cached, one is fetched with the refresh token when needed"
+    expired = status.expires_at <= datetime.now(status.expires_at.tzinfo)
+    verb = "expired" if expired else "valid until"
+    return (
+        f"authorized as {status.username}; access token {verb} {_when(status.expires_at)}, "
+        "renewed silently with the refresh token"
+    )
+
+
+def _open_browser(url: str) -> None:
+    try:
+        opened = webbrowser.open(url)
+    except Exception:  # no browser is no failure: the URL is printed
+        opened = False
+    if not opened:
+        click.echo("(no browser could be opened here: open the URL above yourself)", err=True)
+
+
+# -- the group ------------------------------------------------------------------------------
+
+
+@click.group("csp")
+def csp() -> None:
+    """Microsoft CSP: authorize connections with Partner Center, grant admin consent."""
+
+
+# -- authorize, status, disconnect ------------------------------------------------------------
+
+
+def run_authorization(
+    tokens: DelegatedTokens,
+    redirect_uri: str,
+    *,
+    timeout: float,
+    open_browser: Callable[[str], Any] | None = None,
+    echo: Callable[[str], None] = click.echo,
+) -> AuthorizationStatus:
+    """Serve the redirect URI, start the sign-in and wait for it to come back.
+
+    ``open_browser`` is called with the sign-in URL once the endpoint is listening.
+    Raises `CommandFailed` when no answer comes within ``timeout`` seconds, and the typed
+    errors of `DelegatedTokens.complete` when the answer is a refusal.
+    """
+    address, port, path = loopback_address(redirect_uri)
+    callbacks = CallbackApp(auth_path=path)
+    connection = tokens.connection
+    with LoopbackServer(callbacks, address, port):
+        flow = tokens.begin(redirect_uri)
+        waiter = callbacks.expect_authorization(tokens, flow)
+        echo(
+            f"Authorizing connection {connection.name!r} (partner tenant {connection.tenant_id}) "
+            "with Partner Center."
+        )
+        echo(
+            f"The redirect URI to register on app {tokens.client_id} (Authentication → Web → "
+            f"Redirect URIs), exactly as shown:\n  {redirect_uri}"
+        )
+        echo(
+            "Sign in as a Partner Center user with access to the Customer list (MFA required) "
+            f"at:\n  {flow['auth_uri']}"
+        )
+        echo(f"Waiting up to {timeout:g} s for the sign-in to come back (Ctrl-C stops) ...")
+        if open_browser is not None:
+            open_browser(flow["auth_uri"])
+        try:
+            return waiter.wait(timeout)
+        except TimeoutError:
+            raise CommandFailed(
+                f"no sign-in reached {redirect_uri} within {timeout:g} s",
+                "run the command again and finish the sign-in in time (--timeout gives more); "
+                "if the sign-in page showed AADSTS50011, add the redirect URI above to the app "
+                "registration exactly as shown",
+            ) from None
+
+
+@csp.command("authorize")
+@click.argument("connection_name", metavar="CONNECTION")
+@click.option(
+    "--redirect-uri",
+    default=DEFAULT_AUTH_REDIRECT_URI,
+    show_default=True,
+    help="Where the sign-in comes back: a http://localhost:PORT/... URI registered on the "
+    "Partner Center app. This command listens there while it waits.",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the sign-in URL.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the sign-in.",
+)
+@_reported
+def authorize(connection_name: str, redirect_uri: str, no_browser: bool, timeout: float) -> None:
+    """Authorize CONNECTION with Partner Center (sign in as a partner user, once)."""
+    config = _config()
+    connection = _connection(_settings(config), connection_name, config)
+    loopback_address(redirect_uri)  # a URI we cannot serve is a usage error, before anything
+    store = _store()
+    try:
+        with (
+            _http(config, store) as http,
+            structlog.contextvars.bound_contextvars(
+                module=MODULE, connection=connection.name, tenant=str(connection.tenant_id)
+            ),
+        ):
+            tokens = DelegatedTokens(connection, config.endpoints, http, config.directory)
+            status = run_authorization(
+                tokens,
+                redirect_uri,
+                timeout=timeout,
+                open_browser=None if no_browser else _open_browser,
+            )
+    finally:
+        store.close()
+    click.echo(f"connection {connection.name}: {_describe_status(status)}")
+    click.echo(f"token cache: {tokens.path} (readable by you only)")
+
+
+@csp.command("status")
+@_reported
+def status() -> None:
+    """Show each connection: authorized or not, as whom, until when, and its token cache."""
+    config = _config()
+    settings = _settings(config)
+    if not settings.connections:
+        click.echo(f"no connections are configured in [modules.{MODULE}]")
+        return
+    with _http(config) as http:
+        for connection in settings.connections:
+            tokens = DelegatedTokens(connection, config.endpoints, http, config.directory)
+            state = tokens.status()
+            where = f"{connection.name} (partner tenant {connection.tenant_id})"
+            if state.authorized:
+                click.echo(f"{where}: {_describe_status(state)}")
+            else:
+                click.echo(
+                    f"{where}: not authorized: run `halo-integrator csp authorize {connection.name}`"
+                )
+            present = "" if tokens.path.exists() else " (none yet)"
+            click.echo(f"  token cache: {tokens.path}{present}")
+
+
+@csp.command("disconnect")
+@click.argument("connection_name", metavar="CONNECTION")
+@_reported
+def disconnect(connection_name: str) -> None:
+    """Forget CONNECTION's authorization and delete its token cache."""
+    config = _config()
+    connection = _connection(_settings(config), connection_name, config)
+    with _http(config) as http:
+        tokens = DelegatedTokens(connection, config.endpoints, http, config.directory)
+        was = tokens.status()
+        removed = tokens.disconnect()
+    if not removed:
+        click.echo(
+            f"connection {connection.name} was not authorized (no token cache at {tokens.path}): "
+            "nothing to remove"
+        )
+        return
+    who = f" of {was.username}" if was.username else ""
+    click.echo(
+        f"connection {connection.name} disconnected: removed the authorization{who} and the "
+        f"token cache {tokens.path}"
+    )
+    click.echo(
+        "to replace the Partner Center app's secret: put the new secret's Value where "
+        "partner_center_app.client_secret points, then run "
+        f"`halo-integrator csp authorize {connection.name}`"
+    )
+
+
+# -- admin consent ----------------------------------------------------------------------------
+
+
+def _known_tenants(config: Config) -> list[dict[str, Any]]:
+    """Tenants of this module the store knows (from syncs), and tenant IDs mapped in config."""
+    store = _store()
+    try:
+        with store.read() as db:
+            rows = [
+                dict(row._mapping)
+                for row in db.execute(
+                    sa.select(
+                        schema.tenants.c.tenant_id,
+                        schema.tenants.c.name,
+                        schema.tenants.c.default_domain,
+                        schema.tenants.c.connection,
+                    )
+                    .where(schema.tenants.c.module == MODULE)
+                    .order_by(schema.tenants.c.name)
+                )
+            ]
+    finally:
+        store.close()
+    seen = {str(r["tenant_id"]).lower() for r in rows}
+    for mapping in config.tenant_mappings:
+        if str(mapping.tenant_id).lower() not in seen:
+            rows.append(
+                {
+                    "tenant_id": str(mapping.tenant_id),
+                    "name": mapping.customer or "",
+                    "default_domain": None,
+                    "connection": "",
+                }
+            )
+            seen.add(str(mapping.tenant_id).lower())
+    return rows
+
+
+def _resolve_tenant(
+    config: Config, settings: MicrosoftCspSettings, value: str, connection_name: str | None
+) -> tuple[str, Connection]:
+    """(tenant ID, connection) for TENANT: a tenant ID, or a synced tenant's name or domain."""
+    wanted = value.strip()
+    if wanted.lower() in ("common", "organizations", "consumers", ""):
+        _usage(
+            f"{value!r} is not a customer tenant",
+            "give the customer's tenant ID, or the name or default domain of a synced tenant",
+        )
+    try:
+        tenant_id: str | None = str(Guid.parse(wanted))
+    except ValueProblem:
+        tenant_id = None
+    single = len(settings.connections) == 1
+    if tenant_id is not None and (connection_name is not None or single):
+        return tenant_id, _connection(settings, connection_name, config)
+    known = _known_tenants(config)
+    if tenant_id is not None:
+        matches = [t for t in known if str(t["tenant_id"]).lower() == tenant_id]
+    else:
+        key = wanted.lower()
+        matches = [
+            t
+            for t in known
+            if key in (str(t["name"]).lower(), str(t["default_domain"] or "").lower())
+        ]
+        if not matches:
+            listing = "; ".join(
+                f"{t['name'] or '?'} ({', '.join(filter(None, [t['default_domain'], t['tenant_id']]))})"
+                for t in known[:20]
+            )
+            more = f"; and {len(known) - 20} more" if len(known) > 20 else ""
+            _usage(
+                f"no tenant named {value!r}"
+                + (f" (known tenants: {listing}{more})" if known else " (no tenants synced yet)"),
+                "give a tenant ID, or the name or default domain of a tenant listed by "
+                "`halo-integrator export --what tenants`",
+            )
+        ids = {str(t["tenant_id"]).lower() for t in matches}
+        if len(ids) > 1:
+            _usage(
+                f"{value!r} names {len(ids)} tenants ({', '.join(sorted(ids))})",
+                "give the tenant ID instead",
+            )
+        tenant_id = ids.pop()
+    if connection_name is None:
+        owners = {t["connection"] for t in matches if t["connection"]}
+        if len(owners) == 1:
+            connection_name = owners.pop()
+    return tenant_id, _connection(settings, connection_name, config)
+
+
+def _consent_target(tenant: str, connection_name: str | None) -> tuple[Config, Connection, str]:
+    config = _config()
+    settings = _settings(config)
+    tenant_id, connection = _resolve_tenant(config, settings, tenant, connection_name)
+    return config, connection, tenant_id
+
+
+_REDIRECT_HELP = (
+    "Where the answer comes back: a redirect URI registered on the GDAP app "
+    "(Authentication → Redirect URIs)."
+)
+
+
+@csp.command("consent-url")
+@click.argument("tenant")
+@click.option("--connection", "connection_name", help="The connection whose GDAP app to consent.")
+@click.option(
+    "--redirect-uri", default=DEFAULT_CONSENT_REDIRECT_URI, show_default=True, help=_REDIRECT_HELP
+)
+@_reported
+def consent_url_command(tenant: str, connection_name: str | None, redirect_uri: str) -> None:
+    """Print TENANT's admin-consent URL for the GDAP app."""
+    config, connection, tenant_id = _consent_target(tenant, connection_name)
+    url = consent_url(
+        config.endpoints,
+        str(connection.gdap_app.client_id),
+        tenant_id,
+        redirect_uri,
+        secrets.token_urlsafe(16),
+    )
+    click.echo(url)
+    click.echo(
+        f"Open it signed in as an administrator native to tenant {tenant_id} (not a guest from "
+        f"your MSP) and accept. {redirect_uri} must be registered on app "
+        f"{connection.gdap_app.client_id}. `halo-integrator csp consent {tenant_id}` also "
+        "waits for the answer and records it.",
+        err=True,
+    )
+
+
+@csp.command("consent")
+@click.argument("tenant")
+@click.option("--connection", "connection_name", help="The connection whose GDAP app to consent.")
+@click.option(
+    "--redirect-uri",
+    default=DEFAULT_CONSENT_REDIRECT_URI,
+    show_default=True,
+    help=_REDIRECT_HELP + " This command listens there while it waits.",
+)
+@click.option("--no-browser", is_flag=True, help="Only print the URL.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the answer.",
+)
+@_reported
+def consent(
+    tenant: str,
+    connection_name: str | None,
+    redirect_uri: str,
+    no_browser: bool,
+    timeout: float,
+) -> None:
+    """Grant admin consent for the GDAP app in TENANT, and record the answer."""
+    loopback_address(redirect_uri)  # a URI we cannot serve is a usage error, before anything
+    config, connection, tenant_id = _consent_target(tenant, connection_name)
+    store = _store()
+    try:
+        result = run_consent(
+            config,
+            connection,
+            tenant_id,
+            store,
+            redirect_uri,
+            timeout=timeout,
+            open_browser=None if no_browser else _open_browser,
+        )
+        if not result.ok:
+            raise CommandFailed(
+                f"admin consent failed in tenant {tenant_id}: "
+                f"{result.description or result.error} (recorded in the request log)",
+                consent_fix(result),
+            )
+        click.echo(
+            f"admin consent granted in tenant {tenant_id} for app "
+            f"{connection.gdap_app.client_id} (recorded in the request log)"
+        )
+        _check_app_token(config, connection, tenant_id, store)
+    finally:
+        store.close()
+
+
+def run_consent(
+    config: Config,
+    connection: Connection,
+    tenant_id: str,
+    store: Store,
+    redirect_uri: str,
+    *,
+    timeout: float,
+    open_browser: Callable[[str], Any] | None = None,
+    echo: Callable[[str], None] = click.echo,
+) -> ConsentResult:
+    """Serve the consent redirect URI, hand out the URL and wait for the answer (recorded)."""
+    address, port, path = loopback_address(redirect_uri)
+    callbacks = CallbackApp(consent_path=path)
+    state = secrets.token_urlsafe(16)
+    with LoopbackServer(callbacks, address, port):
+        waiter = callbacks.expect_consent(
+            state=state, tenant=tenant_id, store=store, connection=connection.name
+        )
+        url = consent_url(
+            config.endpoints, str(connection.gdap_app.client_id), tenant_id, redirect_uri, state
+        )
+        echo(
+            f"Admin consent for app {connection.gdap_app.client_id} (the GDAP app of connection "
+            f"{connection.name!r}) in tenant {tenant_id}."
+        )
+        echo(f"The redirect URI to register on the app, exactly as shown:\n  {redirect_uri}")
+        echo(
+            "Open this URL signed in as an administrator native to that tenant (not a guest "
+            f"from your MSP), who may create enterprise apps, and accept:\n  {url}"
+        )
+        echo(f"Waiting up to {timeout:g} s for the answer (Ctrl-C stops) ...")
+        if open_browser is not None:
+            open_browser(url)
+        try:
+            return waiter.wait(timeout)
+        except TimeoutError:
+            raise CommandFailed(
+                f"no answer reached {redirect_uri} within {timeout:g} s",
+                "run the command again and accept in time (--timeout gives more); if the page "
+                "showed AADSTS50011, register the redirect URI above on the GDAP app",
+            ) from None
+
+
+def _check_app_token(config: Config, connection: Connection, tenant_id: str, store: Store) -> None:
+    """Try an app-only Graph token in the tenant now, as the next sync will."""
+    app = connection.gdap_app
+    graph = CLOUD_HOSTS[config.endpoints.cloud]["graph"]
+    with (
+        _http(config, store) as http,
+        structlog.contextvars.bound_contextvars(
+            module=MODULE, connection=connection.name, tenant=tenant_id
+        ),
+    ):
+        tokens = AppTokens(
+            client_id=str(app.client_id),
+            secret=app.client_secret.resolve,
+            authority=config.endpoints.url("login"),
+            http=http,
+            app_name=f"{app.client_id} (GDAP app of connection {connection.name!r})",
+        )
+        try:
+            tokens.token(tenant_id, graph)
+        except (MicrosoftAuthError, HttpError, ValueProblem) as exc:
+            click.echo(
+                f"note: no app-only token for tenant {tenant_id} yet ({exc}). Entra can take a "
+                "few minutes to provision the app after consent; the next sync tries again."
+            )
+            return
+    click.echo(f"checked: the GDAP app gets a Graph token in tenant {tenant_id}")
