@@ -584,9 +584,9 @@ def generate(
     """A world of ``partners`` partners sharing ``customers`` customers, each with about
     ``users`` users and ``devices`` devices (sizes vary ±20% per tenant).
 
-    The first four customers cover the four ways a partner reaches a tenant: reseller and
-    GDAP, GDAP only, reseller only, and an expired GDAP relationship; beyond them the mix is
-    mostly reseller and GDAP. One GDAP tenant has not consented to the GDAP app.
+    The first five customers cover the ways a partner reaches a tenant: reseller and GDAP,
+    GDAP only, reseller only, an expired GDAP relationship, and an active one whose admin has
+    not consented to the GDAP app; beyond them the mix is mostly reseller and GDAP.
     """
     world = World(seed)
     rng = world.rng
@@ -650,6 +650,7 @@ def generate(
             1: (False, "active"),
             2: (True, None),
             3: (True, "expired"),
+            4: (True, "active"),  # ... whose admin has not consented yet
         }.get(index, (True, "active") if rng.random() < 0.85 else (True, None))
         customer = Customer(
             tenant_id=world.new_id(),
@@ -697,6 +698,16 @@ def generate(
             user = _make_user(world, customer, i)
             customer.users[user.id] = user
             customer.changes.append((world.next_sequence(), "user", user.id))
+        # Microsoft never lets assignments exceed the units bought: size each SKU (and its
+        # subscription) to hold its users, with some spare.
+        assigned: dict[str, int] = {}
+        for user in customer.users.values():
+            for licence in user.assignedLicenses:
+                assigned[licence["skuId"]] = assigned.get(licence["skuId"], 0) + 1
+        for sku in customer.skus.values():
+            sku.enabled = max(sku.enabled, assigned.get(sku.skuId, 0) + rng.randrange(0, 5))
+            for subscription_id in sku.subscriptionIds:
+                customer.subscriptions[subscription_id].quantity = sku.enabled
         members = [u.id for u in customer.users.values() if u.userType == "Member"]
         for group_name in ("All Staff", "Loc-London", "Loc-Manchester", "Finance Team"):
             group = Group(

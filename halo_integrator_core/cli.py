@@ -6,12 +6,14 @@ the command line is wrong (the message says which key or option, and how to fix 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
@@ -542,8 +544,141 @@ def emulator_command(
         server.stop()
 
 
+# --- plugin commands -----------------------------------------------------------------------
+
+
+@cli.command("demo")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("halo-demo"),
+    show_default=True,
+    help="Where the demo writes its config, secrets and store.",
+)
+@click.option("--seed", default=1, show_default=True, help="Seed of the emulated world.")
+@click.option(
+    "--customers", default=5, show_default=True, type=click.IntRange(1), help="Customer tenants."
+)
+@click.option(
+    "--users",
+    default=25,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Users per tenant (about).",
+)
+@click.option(
+    "--devices",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Devices per tenant (about).",
+)
+@click.pass_obj
+def demo_command(
+    app: App, directory: Path, seed: int, customers: int, users: int, devices: int
+) -> None:
+    """See it work end to end: the built-in Microsoft emulator, a config pointing at it, an
+    authorized connection, and a full sync of every enabled module into DIR."""
+    from halo_microsoft_emulator import EmulatorServer, generate
+    from halo_microsoft_emulator.demo import prepare
+
+    app.log_level = app.log_level or "warning"
+    app._setup_logging()
+    directory = directory.resolve()
+    world = generate(seed=seed, customers=customers, users=users, devices=devices)
+    with EmulatorServer(world, state_dir=directory / "emulator") as server:
+        click.echo(f"emulator: {len(world.customers)} customer tenants on {server.base_url}")
+        try:
+            config, user = prepare(directory, server)
+        except ConfigError as exc:
+            fail_config(exc)
+        click.echo(f"config:   {config.source}")
+        click.echo(f"authorized the Partner Center connection as {user}")
+        store = Store.open(config.store_url)
+        try:
+            engine = SyncEngine(
+                store, config, PluginHost.load(config), reporter=TerminalReporter(dry_run=False)
+            )
+            results = engine.run()
+        finally:
+            store.close()
+    for result in results:
+        _print_summary(result)
+    target = f"--config {config.source}"
+    click.echo("\nThe emulator has stopped; the store is yours to read:")
+    for command in (
+        "export --what tenants",
+        "export --what licences",
+        "export --what subscriptions",
+        "export --what runs",
+        "csp status",
+        "plugins",
+    ):
+        click.echo(f"  halo-integrator {target} {command}")
+    if any(result.failed for result in results):
+        sys.exit(EXIT_FAILED)
+
+
+def register_plugin_commands(group: click.Group, args: Sequence[str]) -> None:
+    """Let the plugins of the enabled modules add their sub-commands to ``group``.
+
+    Runs before click parses ``args``, so the configuration is found as the group will find
+    it (``--config``, then ``$HALO_INTEGRATOR_CONFIG``, then the working directory). A broken
+    file is not reported here: the core commands must still run to report it, and a plugin's
+    command reports it when it loads the configuration. Log events are held back, because
+    logging is configured only once the command line is parsed; the commands that load
+    plugins (`plugins`, `config check`, `sync`) report a plugin that fails to load.
+    """
+    path = find_config(_config_option(group, args))
+    try:
+        config: Config | None = load_config(path, missing_ok=True)
+    except ConfigError:
+        # Still offer the enabled modules' commands; they report the problems when run.
+        config = config_module.load_modules_only(path)
+    if config is None:
+        return
+    with _logs_held_back():
+        host = PluginHost.load(config)
+    for name, plugin in host.pm.list_name_plugin():
+        others = [p for p in host.pm.get_plugins() if p is not plugin]
+        caller = host.pm.subset_hook_caller("register_commands", remove_plugins=others)
+        try:
+            caller(cli=group)
+        except Exception as exc:  # one plugin's failure leaves the others' commands in place
+            click.echo(
+                f"warning: plugin {name} could not add its commands: {type(exc).__name__}: {exc}",
+                err=True,
+            )
+
+
+def _config_option(group: click.Group, args: Sequence[str]) -> Path | None:
+    """The value of the group's ``--config`` in ``args`` (``--config X`` or ``--config=X``)."""
+    try:
+        ctx = group.make_context("halo-integrator", list(args), resilient_parsing=True)
+    except (click.exceptions.Exit, click.ClickException):
+        return None
+    value = ctx.params.get("config_path")
+    return Path(value) if value else None
+
+
+@contextlib.contextmanager
+def _logs_held_back() -> Iterator[None]:
+    saved = structlog.get_config()
+
+    def drop(*_: Any) -> NoReturn:
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[drop])
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
 def main() -> None:
     """Console-script entry point."""
+    register_plugin_commands(cli, sys.argv[1:])
     try:
         cli(prog_name="halo-integrator")
     except KeyboardInterrupt:

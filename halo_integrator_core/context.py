@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -32,6 +33,8 @@ class ModuleContext:
     endpoints: EndpointSettings | None = None
     #: The shared HTTP client: retries, throttling, the outbound request log.
     http: HttpClient | None = None
+    #: The folder of the config file, where a module keeps state of its own (token caches).
+    state_dir: Path | None = None
 
 
 def module_context(
@@ -48,4 +51,5 @@ def module_context(
         dry_run=dry_run,
         endpoints=config.endpoints,
         http=http,
+        state_dir=config.directory,
     )

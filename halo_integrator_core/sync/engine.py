@@ -290,7 +290,7 @@ class _ModuleRun:
         self.result.problem_total += 1
         if len(self.result.problems) < MAX_STORED_PROBLEMS:
             self.result.problems.append(problem)
-        logger = log.error if problem.outcome == "failed" else log.warning
+        logger = log.error if problem.outcome == "failed" else log.info
         logger(
             "sync.record_" + problem.outcome,
             kind=problem.kind,

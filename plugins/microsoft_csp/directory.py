@@ -31,6 +31,7 @@ from halo_integrator_core.paging import odata_pages, partner_center_pages
 from halo_integrator_core.translation import translate
 
 from .auth import GRAPH_RESOURCE, PARTNER_CENTER_RESOURCE, AppTokens
+from .delegated import DelegatedTokens
 from .errors import ApplicationNotFound, ConsentMissing, MicrosoftAuthError, call_error
 from .payloads import (
     DelegatedAdminRelationship,
@@ -59,10 +60,21 @@ CUSTOMERS_PAGE = 500
 
 
 class ConnectionClients:
-    """Tokens of one connection's two app registrations."""
+    """Tokens of one connection's two app registrations.
+
+    Partner Center is called as the authorized user (App+User, guide 2.3) once the
+    connection is authorized (`csp authorize`), and with the app's own token until then,
+    which Partner Center accepts for customers and subscriptions.
+    """
 
     def __init__(self, connection: Connection, context: ModuleContext, http: HttpClient) -> None:
         self.connection = connection
+        self.delegated = (
+            DelegatedTokens(connection, context.endpoints, http, context.state_dir)
+            if context.endpoints is not None and context.state_dir is not None
+            else None
+        )
+        self._authorized: bool | None = None
         login = (
             context.endpoints.url("login")
             if context.endpoints
@@ -83,6 +95,14 @@ class ConnectionClients:
             http=http,
             app_name=f"GDAP app {gdap.client_id} of connection {connection.name}",
         )
+
+    def partner_center_headers(self) -> dict[str, str]:
+        """Headers for Partner Center in the partner tenant: delegated when authorized."""
+        if self._authorized is None:
+            self._authorized = bool(self.delegated and self.delegated.status().authorized)
+        if self._authorized and self.delegated is not None:
+            return self.delegated.headers(PARTNER_CENTER_RESOURCE)
+        return self.partner_center.headers(str(self.connection.tenant_id), PARTNER_CENTER_RESOURCE)
 
 
 class CspSession:
@@ -152,7 +172,7 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
     partner = str(connection.tenant_id)
     resellers: dict[str, PartnerCenterCustomer] = {}
     if connection.relationship_mode is RelationshipMode.GDAP_AND_DAP:
-        headers = clients.partner_center.headers(partner, PARTNER_CENTER_RESOURCE)
+        headers = clients.partner_center_headers()
         try:
             pages = partner_center_pages(
                 csp.http,
@@ -335,7 +355,7 @@ def fetch_subscriptions(context: ModuleContext, tenant: Tenant) -> Iterator[Any]
             f"{connection.licence_import_type.value} of connection {connection.name})"
         )
     clients = csp.clients(connection)
-    headers = clients.partner_center.headers(str(connection.tenant_id), PARTNER_CENTER_RESOURCE)
+    headers = clients.partner_center_headers()
     path = f"/v1/customers/{tenant.tenant_id}/subscriptions"
     try:
         for page in partner_center_pages(
