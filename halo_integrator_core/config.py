@@ -258,14 +258,43 @@ class IntegratorSettings:
     deactivate_users_not_found: bool = True
 
 
+class RelationshipMode(enum.StrEnum):
+    """'Status of Tenant Relationships' (guide 4.1): which relationships bring a tenant in."""
+
+    GDAP_AND_DAP = "gdap_and_dap"
+    GDAP_ONLY = "gdap_only"
+
+
+class LicenceImportType(enum.StrEnum):
+    """What is imported as licences (guide 5.1)."""
+
+    SKUS = "skus"
+    SUBSCRIPTIONS = "subscriptions"
+    SUBSCRIPTIONS_AND_SKUS = "subscriptions_and_skus"
+
+
 @attrs.frozen(kw_only=True)
 class TenantMapping:
-    """``[[tenant_mappings]]``: one Azure tenant → one PSA customer, or do not import."""
+    """``[[tenant_mappings]]``: one Azure tenant → one PSA customer, or do not import.
+
+    A mapping may override, for its tenant, the relationship type and the licence import
+    type its connection sets (guide 4.1).
+    """
 
     tenant_id: Guid
     customer: str | None = None
     do_not_import: bool = False
     module: str | None = None
+    relationship_type: RelationshipMode | None = None
+    licence_import_type: LicenceImportType | None = None
+
+    def overrides(self) -> dict[str, str]:
+        """What this mapping overrides, as the per-tenant hooks see it."""
+        found = {
+            "relationship_type": self.relationship_type,
+            "licence_import_type": self.licence_import_type,
+        }
+        return {key: value.value for key, value in found.items() if value is not None}
 
 
 @attrs.frozen(kw_only=True)
@@ -498,7 +527,28 @@ def load_config(path: Path, *, missing_ok: bool = False) -> Config:
         config = structure(data, Config)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source=path) from None
+    problems = list(_mapping_problems(config))
+    if problems:
+        raise ConfigError(problems, source=path)
     return attrs.evolve(config, source=path.resolve())
+
+
+def _mapping_problems(config: Config) -> Iterator[str]:
+    """One tenant maps to at most one customer (several tenants may share one)."""
+    seen: dict[tuple[str, str], int] = {}
+    for index, mapping in enumerate(config.tenant_mappings):
+        key = (str(mapping.tenant_id), mapping.module or "")
+        if key in seen:
+            yield (
+                f"tenant_mappings[{index}].tenant_id: tenant {mapping.tenant_id} is already mapped by "
+                f"tenant_mappings[{seen[key]}]: a tenant maps to one customer at most"
+            )
+        else:
+            seen[key] = index
+        if mapping.customer and mapping.do_not_import:
+            yield f"tenant_mappings[{index}]: give a customer or do_not_import = true, not both"
+        if not mapping.customer and not mapping.do_not_import:
+            yield f'tenant_mappings[{index}]: say which customer (customer = "...") or do_not_import = true'
 
 
 def load_modules_only(path: Path) -> Config | None:

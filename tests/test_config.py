@@ -218,3 +218,28 @@ def test_config_errors_are_exceptions_with_all_problems(write_config):
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems == ["store.x: unknown key", "store.y: unknown key"]
+
+
+def test_a_tenant_maps_to_one_customer_at_most(write_config):
+    tenant = "aaaaaaaa-0000-4000-8000-000000000001"
+    path = write_config(
+        f'[[tenant_mappings]]\ntenant_id = "{tenant}"\ncustomer = "A"\n\n'
+        f'[[tenant_mappings]]\ntenant_id = "{tenant.upper()}"\ncustomer = "B"\n\n'
+        f'[[tenant_mappings]]\ntenant_id = "aaaaaaaa-0000-4000-8000-000000000002"\ncustomer = "A"\n'
+        f'licence_import_type = "everything"\n\n'
+        f'[[tenant_mappings]]\ntenant_id = "aaaaaaaa-0000-4000-8000-000000000003"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        "tenant_mappings[2].licence_import_type: expected one of 'skus', 'subscriptions', "
+        "'subscriptions_and_skus', got a string ('everything')"
+    ]
+    path.write_text(path.read_text().replace('licence_import_type = "everything"\n', ""))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == [
+        f"tenant_mappings[1].tenant_id: tenant {tenant} is already mapped by tenant_mappings[0]: a tenant "
+        "maps to one customer at most",
+        'tenant_mappings[3]: say which customer (customer = "...") or do_not_import = true',
+    ]

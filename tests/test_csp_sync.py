@@ -191,3 +191,35 @@ def test_one_failing_connection_keeps_its_tenants_and_is_reported(
     [problem] = [p for p in result.problems if p.kind == "tenants"]
     assert "connection main" in problem.reason and "reseller relationship" in problem.reason
     assert all(t["active"] for t in exported(store, "tenants"))
+
+
+def test_a_mapping_overrides_the_licence_import_type_and_relationship_type(
+    emulator, store, write_config, secrets
+):
+    resellers = [
+        c
+        for c in emulator.world.customers.values()
+        if c.reseller and c.consented and c.gdap_status == "active"
+    ]
+    skus_only, gdap_only = resellers[0], resellers[1] if len(resellers) > 1 else None
+    extra = f'\n[[tenant_mappings]]\ntenant_id = "{skus_only.tenant_id}"\ncustomer = "SKUs Only Ltd"\nlicence_import_type = "skus"\n'
+    if gdap_only is not None:
+        extra += f'\n[[tenant_mappings]]\ntenant_id = "{gdap_only.tenant_id}"\ncustomer = "GDAP Only Ltd"\nrelationship_type = "gdap_only"\n'
+    result = sync(store, csp_config(emulator, write_config, extra=extra))
+    subscriptions = {s["tenant_id"] for s in exported(store, "subscriptions")}
+    licences = {l_["tenant_id"] for l_ in exported(store, "licences")}
+    assert skus_only.tenant_id not in subscriptions and skus_only.tenant_id in licences
+    others = {c.tenant_id for c in emulator.world.customers.values() if c.reseller} - {
+        skus_only.tenant_id
+    }
+    if gdap_only is not None:
+        assert gdap_only.tenant_id not in subscriptions
+        assert any(
+            "imported as GDAP only" in p.reason
+            for p in result.problems
+            if p.tenant_id == gdap_only.tenant_id
+        )
+        others -= {gdap_only.tenant_id}
+    assert others <= subscriptions
+    customers = {t["tenant_id"]: t["customer"] for t in exported(store, "tenants")}
+    assert customers[skus_only.tenant_id] == "SKUs Only Ltd"

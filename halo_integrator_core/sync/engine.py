@@ -41,6 +41,7 @@ from .mapping import (
     EntityRule,
     TenantTarget,
     apply_config_mappings,
+    mapping_overrides,
     resolve_tenant,
     tenant_columns,
 )
@@ -428,6 +429,12 @@ class _ModuleRun:
                 ):
                     continue
                 tenant = _tenant_of(row)
+                overrides = mapping_overrides(self.config, self.module, row.tenant_id)
+                if overrides:
+                    # The per-tenant hooks see what the mapping overrides for this tenant.
+                    tenant = attrs.evolve(
+                        tenant, attributes={**tenant.attributes, "mapping": overrides}
+                    )
                 target = resolve_tenant(connection, self.config, self.module, row.id, tenant)
                 if target.importable:
                     targets.append(target)

@@ -151,6 +151,15 @@ def resolve_tenant(
     return TenantTarget(tenant_ref, tenant, customer_id, main_site_id, do_not_import)
 
 
+def mapping_overrides(config: Config, module: str, tenant_id: str) -> dict[str, str]:
+    """What the tenant's config mapping overrides for it (a module's own mapping first)."""
+    mine = [m for m in config.tenant_mappings if str(m.tenant_id) == tenant_id.lower()]
+    chosen = next((m for m in mine if m.module == module), None) or next(
+        (m for m in mine if m.module is None), None
+    )
+    return chosen.overrides() if chosen else {}
+
+
 # --- records → columns -------------------------------------------------------------------
 
 

@@ -283,14 +283,21 @@ def _tenant(
 # --- licences and subscriptions ------------------------------------------------------------
 
 
-def _import_type(connection: Connection) -> LicenceImportType:
-    return connection.licence_import_type
+def _import_type(connection: Connection, tenant: Tenant) -> LicenceImportType:
+    """The connection's licence import type, unless the tenant's mapping overrides it."""
+    override = tenant.attributes.get("mapping", {}).get("licence_import_type")
+    return LicenceImportType(override) if override else connection.licence_import_type
+
+
+def _relationship(connection: Connection, tenant: Tenant) -> RelationshipMode:
+    override = tenant.attributes.get("mapping", {}).get("relationship_type")
+    return RelationshipMode(override) if override else connection.relationship_mode
 
 
 def fetch_licences(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:
     csp = session(context)
     connection = csp.connection_of(tenant)
-    if _import_type(connection) is LicenceImportType.SUBSCRIPTIONS:
+    if _import_type(connection, tenant) is LicenceImportType.SUBSCRIPTIONS:
         # "Your subscriptions": no SKUs; any stored before are marked inactive.
         yield Checkpoint(bookmark=None, complete=True)
         return
@@ -345,14 +352,19 @@ def _customer_graph_headers(
 def fetch_subscriptions(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:
     csp = session(context)
     connection = csp.connection_of(tenant)
-    if _import_type(connection) is LicenceImportType.SKUS:
+    if _import_type(connection, tenant) is LicenceImportType.SKUS:
         yield Checkpoint(bookmark=None, complete=True)
         return
+    if _relationship(connection, tenant) is RelationshipMode.GDAP_ONLY:
+        raise SkipTenant(
+            f"tenant {tenant.tenant_id} is imported as GDAP only: subscriptions come from the "
+            "reseller relationship, which this tenant's relationship type leaves out"
+        )
     if not tenant.attributes.get("reseller"):
         raise SkipTenant(
             f"tenant {tenant.tenant_id} has no reseller relationship with the partner: its "
             "subscriptions are not the partner's to import (licence import type "
-            f"{connection.licence_import_type.value} of connection {connection.name})"
+            f"{_import_type(connection, tenant).value} of connection {connection.name})"
         )
     clients = csp.clients(connection)
     headers = clients.partner_center_headers()

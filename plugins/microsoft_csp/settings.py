@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-import enum
-
 import attrs
 
 from halo_integrator_core import Guid, SecretRef
-
-
-class RelationshipMode(enum.StrEnum):
-    """'Status of Tenant Relationships' (guide 4.1)."""
-
-    GDAP_AND_DAP = "gdap_and_dap"
-    GDAP_ONLY = "gdap_only"
-
-
-class LicenceImportType(enum.StrEnum):
-    """What is imported as licences (guide 5.1)."""
-
-    SKUS = "skus"
-    SUBSCRIPTIONS = "subscriptions"
-    SUBSCRIPTIONS_AND_SKUS = "subscriptions_and_skus"
+from halo_integrator_core.config import LicenceImportType, RelationshipMode
 
 
 @attrs.frozen(kw_only=True)
@@ -49,3 +33,12 @@ class Connection:
 @attrs.frozen(kw_only=True)
 class MicrosoftCspSettings:
     connections: tuple[Connection, ...] = ()
+
+
+__all__ = [
+    "AppRegistration",
+    "Connection",
+    "LicenceImportType",
+    "MicrosoftCspSettings",
+    "RelationshipMode",
+]
