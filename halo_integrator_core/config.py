@@ -256,6 +256,8 @@ class IntegratorSettings:
     create_customers_from_tenants: bool = False
     #: Users missing from a complete listing are deactivated (guide 8.3).
     deactivate_users_not_found: bool = True
+    #: Each imported tenant's ID joins the store's SSO allowed-tenants list (guide 4.2).
+    add_tenants_to_sso_allowed_list: bool = False
 
 
 class RelationshipMode(enum.StrEnum):

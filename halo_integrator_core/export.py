@@ -269,6 +269,15 @@ def _requests() -> sa.Select[Any]:
     ).order_by(t.c.id)
 
 
+def _sso_tenants() -> sa.Select[Any]:
+    t = c.sso_allowed_tenants
+    return (
+        sa.select(t.c.tenant_id, c.customers.c.name.label("customer"), t.c.added_at)
+        .select_from(_customer_join(t))
+        .order_by(t.c.added_at, t.c.tenant_id)
+    )
+
+
 EXPORTS: dict[str, Callable[[], sa.Select[Any]]] = {
     "customers": _customers,
     "sites": _sites,
@@ -280,6 +289,7 @@ EXPORTS: dict[str, Callable[[], sa.Select[Any]]] = {
     "invoice-lines": _invoice_lines,
     "runs": _runs,
     "requests": _requests,
+    "sso-tenants": _sso_tenants,
 }
 
 

@@ -372,3 +372,19 @@ def test_each_run_is_recorded_with_counts(store, make_engine):
     assert run["outcome"] == "succeeded"
     assert run["finished_at"] >= run["started_at"]
     assert run["added"] == 2 + 2 + 1 + 4 + 1
+
+
+def test_imported_tenants_join_the_sso_allowed_list_once_when_asked(store, make_engine):
+    engine = make_engine(MAPPED.replace("[integrator]", "[integrator]\nadd_tenants_to_sso_allowed_list = true"))
+    engine.run()
+    engine.run()
+    allowed = rows(store, "sso-tenants")
+    assert sorted((r["tenant_id"], r["customer"]) for r in allowed) == [
+        (TENANT_A, "Contoso"),
+        (TENANT_B, "Fabrikam Inc"),
+    ]
+
+
+def test_the_sso_allowed_list_stays_empty_by_default(store, make_engine):
+    make_engine().run()
+    assert rows(store, "sso-tenants") == []

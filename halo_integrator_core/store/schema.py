@@ -284,6 +284,15 @@ tenant_mappings = Table(
     UniqueConstraint("tenant_id", "module"),
 )
 
+sso_allowed_tenants = Table(
+    "sso_allowed_tenants",
+    metadata,
+    # The Azure tenants whose users may sign in to the PSA with single sign-on (guide 4.2).
+    Column("tenant_id", String(64), primary_key=True),
+    Column("customer_id", ForeignKey("customers.id"), nullable=False),
+    Column("added_at", UtcDateTime, nullable=False),
+)
+
 bookmarks = Table(
     "bookmarks",
     metadata,

@@ -40,6 +40,7 @@ from .mapping import (
     ENTITY_RULES,
     EntityRule,
     TenantTarget,
+    allow_sso,
     apply_config_mappings,
     mapping_overrides,
     resolve_tenant,
@@ -438,6 +439,8 @@ class _ModuleRun:
                 target = resolve_tenant(connection, self.config, self.module, row.id, tenant)
                 if target.importable:
                     targets.append(target)
+                    if self.config.integrator.add_tenants_to_sso_allowed_list:
+                        allow_sso(connection, target)
                     continue
                 skipped += 1
                 self.counts(EntityKind.TENANTS.value, "").skipped += 1

@@ -151,6 +151,23 @@ def resolve_tenant(
     return TenantTarget(tenant_ref, tenant, customer_id, main_site_id, do_not_import)
 
 
+def allow_sso(connection: Connection, target: TenantTarget) -> None:
+    """Put an imported tenant on the SSO allowed-tenants list, once."""
+    table = schema.sso_allowed_tenants
+    tenant_id = target.tenant.tenant_id
+    if (
+        connection.execute(
+            sa.select(table.c.tenant_id).where(table.c.tenant_id == tenant_id)
+        ).first()
+        is None
+    ):
+        connection.execute(
+            sa.insert(table).values(
+                tenant_id=tenant_id, customer_id=target.customer_id, added_at=utcnow()
+            )
+        )
+
+
 def mapping_overrides(config: Config, module: str, tenant_id: str) -> dict[str, str]:
     """What the tenant's config mapping overrides for it (a module's own mapping first)."""
     mine = [m for m in config.tenant_mappings if str(m.tenant_id) == tenant_id.lower()]
