@@ -150,6 +150,14 @@ ERRORS: dict[int, AadError] = {
         "'{client_id}' named '{app_name}'. Send an interactive authorization request for this "
         "user and resource.",
     ),
+    650057: AadError(
+        400,
+        "invalid_client",
+        "Invalid resource. The client has requested access to a resource which is not listed in "
+        "the requested permissions in the client's application registration. Client app ID: "
+        "{client_id}({app_name}). Resource value from request: {resource}. Resource app ID: "
+        "{resource_app}. List of valid resources from app registration: {valid}.",
+    ),
     65004: AadError(
         400, "consent_required", "The resource owner or authorization server denied the request."
     ),
@@ -286,6 +294,8 @@ FAULT_KINDS: dict[str, int] = {
     "aadsts7000215": 7000215,
     "aadsts50011": 50011,
     "aadsts65001": 65001,
+    # The guide's "wrong user_impersonation API": the app asks for a resource it was not given.
+    "aadsts650057": 650057,
     "invalid_client": 70002,
 }
 

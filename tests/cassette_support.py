@@ -17,6 +17,54 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
+
+from halo_integrator_core.config import EndpointSettings
+from halo_integrator_core.http import HttpClient
+from halo_microsoft_csp.auth import AppTokens
+from halo_microsoft_emulator import EmulatorServer, World
+
+#: The world cassettes are recorded from (the same seed replays the same IDs).
+SEED = 11
+SIZE = {"customers": 5, "users": 12, "devices": 4}
+
+
+@attrs.frozen
+class Microsoft:
+    """Where a cassette test talks to: the emulator while recording, Microsoft's hosts (the
+    cassette) while replaying; the same generated world either way."""
+
+    world: World
+    endpoints: EndpointSettings
+    server: EmulatorServer | None
+    sleeps: list[float]
+
+    def http(self) -> HttpClient:
+        return HttpClient(verify=self.endpoints.verify, sleep=self.sleeps.append)
+
+    def tokens(self, http: HttpClient, app: str = "gdap_app") -> AppTokens:
+        registration = getattr(next(iter(self.world.partners.values())), app)
+        return AppTokens(
+            client_id=registration.client_id,
+            secret=lambda: registration.secret,
+            authority=self.endpoints.url("login"),
+            http=http,
+            app_name=registration.name,
+        )
+
+    @property
+    def partner(self) -> str:
+        return next(iter(self.world.partners))
+
+    def consented(self) -> Any:
+        return next(c for c in self.world.customers.values() if c.consented)
+
+    def inject(self, kind: str, **options: Any) -> None:
+        """A fault, while recording (the cassette then holds its answer)."""
+        if self.server is not None:
+            self.server.app.inject(kind, **options)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 CASSETTES = ROOT / "cassettes"
 SCRUBBED = "SCRUBBED"

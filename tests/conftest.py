@@ -123,3 +123,25 @@ def vcr_cassette_dir(request: pytest.FixtureRequest) -> str:
     from cassette_support import CASSETTES
 
     return str(CASSETTES / request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture
+def microsoft(record_mode: str):
+    """The emulator while recording cassettes; Microsoft's hosts (the cassette) while replaying."""
+    import cassette_support
+
+    from halo_integrator_core.config import EndpointSettings
+    from halo_microsoft_emulator import EmulatorServer, generate
+
+    world = generate(seed=cassette_support.SEED, **cassette_support.SIZE)
+    if record_mode == "none":
+        yield cassette_support.Microsoft(world, EndpointSettings(), None, [])
+        return
+    with EmulatorServer(world) as server:
+        cassette_support.record_from(server)
+        try:
+            yield cassette_support.Microsoft(
+                world, EndpointSettings(**server.endpoints()), server, []
+            )
+        finally:
+            cassette_support.recording_origins.clear()

@@ -12,70 +12,20 @@ the world is generated from the same seed both times, so its IDs and credentials
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import Any
 
-import attrs
 import cassette_support
 import pytest
+from cassette_support import Microsoft
 from pytest_recording import network
 
-from halo_integrator_core.config import EndpointSettings
-from halo_integrator_core.http import HttpClient
 from halo_integrator_core.paging import odata_pages, partner_center_pages
-from halo_microsoft_csp.auth import GRAPH_RESOURCE, PARTNER_CENTER_RESOURCE, AppTokens
-from halo_microsoft_emulator import EmulatorServer, World, generate
-
-SEED = 11
-SIZE = {"customers": 3, "users": 12, "devices": 4}
+from halo_microsoft_csp.auth import GRAPH_RESOURCE, PARTNER_CENTER_RESOURCE
 
 pytestmark = [
     pytest.mark.vcr,
     pytest.mark.block_network(allowed_hosts=["127.0.0.1", "localhost", "::1"]),
 ]
-
-
-@attrs.frozen
-class Microsoft:
-    world: World
-    endpoints: EndpointSettings
-    server: EmulatorServer | None
-    sleeps: list[float]
-
-    def http(self) -> HttpClient:
-        return HttpClient(verify=self.endpoints.verify, sleep=self.sleeps.append)
-
-    def tokens(self, http: HttpClient, app: str = "gdap_app") -> AppTokens:
-        registration = getattr(next(iter(self.world.partners.values())), app)
-        return AppTokens(
-            client_id=registration.client_id,
-            secret=lambda: registration.secret,
-            authority=self.endpoints.url("login"),
-            http=http,
-            app_name=registration.name,
-        )
-
-    @property
-    def partner(self) -> str:
-        return next(iter(self.world.partners))
-
-    def consented(self) -> Any:
-        return next(c for c in self.world.customers.values() if c.consented)
-
-
-@pytest.fixture
-def microsoft(record_mode: str) -> Iterator[Microsoft]:
-    world = generate(seed=SEED, **SIZE)
-    if record_mode == "none":
-        yield Microsoft(world, EndpointSettings(), None, [])
-        return
-    with EmulatorServer(world) as server:
-        cassette_support.record_from(server)
-        endpoints = EndpointSettings(**server.endpoints())
-        try:
-            yield Microsoft(world, endpoints, server, [])
-        finally:
-            cassette_support.recording_origins.clear()
 
 
 def played(vcr: Any, record_mode: str) -> None:

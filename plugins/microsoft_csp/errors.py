@@ -71,6 +71,10 @@ class ConsentRequired(MicrosoftAuthError):
     pass
 
 
+class WrongPartnerCenterPermission(MicrosoftAuthError):
+    """The app's permission is for another API than Partner Center (guide 12.2, first row)."""
+
+
 class ClientInvalid(MicrosoftAuthError):
     pass
 
@@ -134,6 +138,15 @@ AADSTS: Mapping[int, Row] = {
         "the redirect URI sent does not match the redirect URIs registered for app {app}",
         "add the redirect URI that `halo-integrator csp authorize` prints to the app "
         "registration (Authentication → Redirect URIs), exactly as printed",
+    ),
+    650057: Row(
+        WrongPartnerCenterPermission,
+        "app {app} asks for a permission its registration does not list: its user_impersonation "
+        "permission is for another API than Microsoft Partner Center",
+        "in the app registration, remove the wrong user_impersonation permission, then Add a "
+        "permission → APIs my organization uses → search fa3d9a0c-3fb0-42cc-9193-47c7ecd2edbd → "
+        "user_impersonation (its description is 'Access Partner Center'); grant consent and "
+        "authorize again",
     ),
     65001: Row(
         ConsentRequired,
