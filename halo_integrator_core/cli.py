@@ -460,6 +460,44 @@ def export(app: App, what: str, fmt: str) -> None:
 # --- the emulator ------------------------------------------------------------------------
 
 
+def world_options(*, customers: int) -> Any:
+    """The options that size an emulated world (``--seed``, ``--customers``, ...)."""
+
+    def decorate(command: Any) -> Any:
+        for option in reversed(
+            (
+                click.option(
+                    "--seed", default=1, show_default=True, help="Seed of the generated world."
+                ),
+                click.option(
+                    "--customers",
+                    default=customers,
+                    show_default=True,
+                    type=click.IntRange(1),
+                    help="Customer tenants.",
+                ),
+                click.option(
+                    "--users",
+                    default=25,
+                    show_default=True,
+                    type=click.IntRange(0),
+                    help="Users per tenant (about).",
+                ),
+                click.option(
+                    "--devices",
+                    default=10,
+                    show_default=True,
+                    type=click.IntRange(0),
+                    help="Devices per tenant (about).",
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command("emulator")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Loopback address to serve on."
@@ -476,24 +514,7 @@ def export(app: App, what: str, fmt: str) -> None:
     type=click.IntRange(0, 65535),
     help="Port of the login service, which has an origin of its own (default: --port + 1, or free with --port 0).",
 )
-@click.option("--seed", default=1, show_default=True, help="Seed of the generated world.")
-@click.option(
-    "--customers", default=3, show_default=True, type=click.IntRange(1), help="Customer tenants."
-)
-@click.option(
-    "--users",
-    default=25,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Users per tenant (about).",
-)
-@click.option(
-    "--devices",
-    default=10,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Devices per tenant (about).",
-)
+@world_options(customers=3)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -556,24 +577,7 @@ def emulator_command(
     show_default=True,
     help="Where the demo writes its config, secrets and store.",
 )
-@click.option("--seed", default=1, show_default=True, help="Seed of the emulated world.")
-@click.option(
-    "--customers", default=5, show_default=True, type=click.IntRange(1), help="Customer tenants."
-)
-@click.option(
-    "--users",
-    default=25,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Users per tenant (about).",
-)
-@click.option(
-    "--devices",
-    default=10,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Devices per tenant (about).",
-)
+@world_options(customers=5)
 @click.pass_obj
 def demo_command(
     app: App, directory: Path, seed: int, customers: int, users: int, devices: int
