@@ -375,7 +375,9 @@ def test_each_run_is_recorded_with_counts(store, make_engine):
 
 
 def test_imported_tenants_join_the_sso_allowed_list_once_when_asked(store, make_engine):
-    engine = make_engine(MAPPED.replace("[integrator]", "[integrator]\nadd_tenants_to_sso_allowed_list = true"))
+    engine = make_engine(
+        MAPPED.replace("[integrator]", "[integrator]\nadd_tenants_to_sso_allowed_list = true")
+    )
     engine.run()
     engine.run()
     allowed = rows(store, "sso-tenants")
