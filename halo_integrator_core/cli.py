@@ -616,6 +616,7 @@ def demo_command(
         "export --what licences",
         "export --what subscriptions",
         "export --what runs",
+        "csp tenants",
         "csp status",
         "plugins",
     ):

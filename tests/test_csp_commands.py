@@ -158,6 +158,8 @@ def test_hook_register_commands_adds_csp_only_while_the_module_is_enabled(setup)
         "authorize",
         "status",
         "disconnect",
+        "tenants",
+        "map",
         "consent-url",
         "consent",
     }

@@ -349,6 +349,7 @@ FAULT_ANSWERS = {
     "aadsts7000215": ("invalid_client", 7000215),
     "aadsts50011": ("invalid_client", 50011),
     "aadsts65001": ("invalid_grant", 65001),
+    "aadsts650057": ("invalid_client", 650057),
     "invalid_client": ("invalid_client", 70002),
 }
 

@@ -1,4 +1,5 @@
-"""``halo-integrator csp ...``: authorize connections, see their state, grant admin consent.
+"""``halo-integrator csp ...``: authorize connections, see their state, grant admin consent,
+list the synced tenants and map them to customers.
 
 Added to the command line by the plugin's `register_commands` hook, so present only while
 the ``microsoft_csp`` module is enabled. Each command gets the configuration from click's
@@ -11,23 +12,31 @@ command line or the configuration is wrong, 1 when Microsoft or the sign-in refu
 from __future__ import annotations
 
 import functools
+import json
+import re
 import secrets
+import shutil
 import sys
+import tempfile
 import webbrowser
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 import sqlalchemy as sa
 import structlog
+import tomlkit
 
 from halo_integrator_core.config import (
     CLOUD_HOSTS,
     Config,
     ConfigError,
     Guid,
+    TenantMapping,
     ValueProblem,
+    load_config,
     structure_module_settings,
 )
 from halo_integrator_core.errors import HttpError
@@ -51,6 +60,7 @@ from .consent import (
 )
 from .delegated import AuthorizationStatus, DelegatedTokens
 from .errors import MicrosoftAuthError
+from .mapping_proposals import CannotAppend, Proposals, TenantName, append_mappings, propose
 from .settings import Connection, MicrosoftCspSettings
 
 MODULE = "microsoft_csp"
@@ -174,7 +184,8 @@ def _open_browser(url: str) -> None:
 
 @click.group("csp")
 def csp() -> None:
-    """Microsoft CSP: authorize connections with Partner Center, grant admin consent."""
+    """Microsoft CSP: authorize connections with Partner Center, grant admin consent, list
+    and map tenants."""
 
 
 # -- authorize, status, disconnect ------------------------------------------------------------
@@ -578,3 +589,350 @@ def _check_app_token(config: Config, connection: Connection, tenant_id: str, sto
             )
             return
     click.echo(f"checked: the GDAP app gets a Graph token in tenant {tenant_id}")
+
+
+# -- tenants and their mappings ----------------------------------------------------------------
+
+#: The fields of `csp tenants --json`, in order (documented in the README: stable).
+TENANT_FIELDS = (
+    "connection",
+    "tenant_id",
+    "name",
+    "default_domain",
+    "access",
+    "access_detail",
+    "consent",
+    "mapping",
+    "customer",
+    "mapping_source",
+    "pending",
+    "last_synced_at",
+    "last_error",
+    "active",
+)
+
+#: Whether the GDAP app is consented, read from the access state the last sync found: a
+#: token in the tenant was asked for only where an active GDAP relationship exists.
+CONSENT_BY_ACCESS = {
+    "reseller_and_gdap": "consented",
+    "gdap_only": "consented",
+    "consent_missing": "consent_needed",
+    "reseller_only": "not_applicable",  # no GDAP relationship: the GDAP app is not used
+    "gdap_expired": "not_applicable",  # nothing to consent to until a new relationship
+}
+
+_SYNC_FIRST = "run `halo-integrator sync --only tenants` (or a full `halo-integrator sync`) first"
+
+
+def _nothing_stored(config: Config) -> str | None:
+    """Why the store has nothing to show yet (no SQLite file), or ``None``; creates nothing."""
+    url = sa.engine.make_url(config.store_url)
+    database = url.database
+    on_file = url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:")
+    if on_file and not Path(database).exists():
+        return f"nothing synced yet (no store at {database})"
+    return None
+
+
+def _config_mappings(config: Config) -> dict[str, TenantMapping]:
+    """The config's mapping of each tenant for this module (one for this module wins)."""
+    found: dict[str, TenantMapping] = {}
+    for mapping in config.tenant_mappings:
+        if mapping.module not in (None, "", MODULE):
+            continue
+        key = str(mapping.tenant_id).lower()
+        if key not in found or mapping.module:
+            found[key] = mapping
+    return found
+
+
+def _pending(mapping: TenantMapping | None, row: dict[str, Any]) -> str | None:
+    """What the next sync will change about the tenant's mapping, as the config says now."""
+    if mapping is None:
+        if row["mapping_source"] == "config":
+            return "the config no longer maps it: the next sync applies that"
+        return None
+    if mapping.do_not_import:
+        if row["mapping"] == "do_not_import":
+            return None
+        return "the config says do not import: applied at the next sync"
+    if row["mapping"] == "customer" and row["customer"] == mapping.customer:
+        return None
+    return f'the config maps it to "{mapping.customer}": applied at the next sync'
+
+
+def tenant_rows(store: Store, config: Config) -> list[dict[str, Any]]:
+    """The module's stored tenants with their access, consent and mapping (see TENANT_FIELDS)."""
+    t, m, c = schema.tenants, schema.tenant_mappings, schema.customers
+    with store.read() as db:
+        tenants = db.execute(
+            sa.select(
+                t.c.connection,
+                t.c.tenant_id,
+                t.c.name,
+                t.c.default_domain,
+                t.c.access,
+                t.c.access_detail,
+                t.c.customer_id,
+                c.c.name.label("customer"),
+                t.c.do_not_import,
+                t.c.last_synced_at,
+                t.c.last_error,
+                t.c.active,
+            )
+            .select_from(t.outerjoin(c, c.c.id == t.c.customer_id))
+            .where(t.c.module == MODULE)
+            .order_by(t.c.connection, t.c.name, t.c.tenant_id)
+        ).all()
+        sources: dict[str, tuple[bool, str]] = {}
+        for row in db.execute(
+            sa.select(m.c.tenant_id, m.c.module, m.c.source).where(m.c.module.in_(["", MODULE]))
+        ):
+            # As the sync reads them: a mapping for this module wins over one for all.
+            key = row.tenant_id.lower()
+            if key not in sources or row.module:
+                sources[key] = (bool(row.module), row.source)
+    in_config = _config_mappings(config)
+    rows = []
+    for tenant in tenants:
+        if tenant.do_not_import:
+            mapping = "do_not_import"
+        elif tenant.customer_id is not None:
+            mapping = "customer"
+        else:
+            mapping = "unmapped"
+        source = sources.get(tenant.tenant_id.lower(), (False, None))[1]
+        row = {
+            "connection": tenant.connection or None,
+            "tenant_id": tenant.tenant_id,
+            "name": tenant.name,
+            "default_domain": tenant.default_domain,
+            "access": tenant.access,
+            "access_detail": tenant.access_detail,
+            "consent": CONSENT_BY_ACCESS.get(tenant.access, "unknown"),
+            "mapping": mapping,
+            "customer": tenant.customer if mapping == "customer" else None,
+            "mapping_source": source if mapping != "unmapped" else None,
+            "pending": None,
+            "last_synced_at": (
+                tenant.last_synced_at.isoformat() if tenant.last_synced_at else None
+            ),
+            "last_error": tenant.last_error,
+            "active": bool(tenant.active),
+        }
+        row["pending"] = _pending(in_config.get(tenant.tenant_id.lower()), row)
+        rows.append(row)
+    return rows
+
+
+def _shorten(text: str | None, width: int) -> str:
+    text = re.sub(r"\s*[\r\n\t]\s*", " ", text or "")  # one line, whatever the text
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+_CONSENT_SHOWN = {"consent_needed": "consent needed", "not_applicable": "n/a"}
+_SOURCE_SHOWN = {"config": "config", "created": "created", None: "-"}
+
+
+def _print_tenant_table(rows: list[dict[str, Any]]) -> None:
+    width = max(shutil.get_terminal_size((120, 24)).columns, 60)
+    headers = ("TENANT", "ACCESS", "CONSENT", "MAPPING", "FROM", "LAST SYNC")
+    caps = (30, 17, 14, 30, 7, 20)
+    table = []
+    for row in rows:
+        mapping = {"customer": row["customer"], "do_not_import": "do not import"}.get(
+            row["mapping"], "unmapped"
+        )
+        synced = row["last_synced_at"]
+        table.append(
+            (
+                row["name"],
+                row["access"],
+                _CONSENT_SHOWN.get(row["consent"], row["consent"]),
+                mapping,
+                _SOURCE_SHOWN.get(row["mapping_source"], row["mapping_source"]),
+                f"{synced[:10]} {synced[11:16]} UTC" if synced else "never",
+            )
+        )
+    widths = [
+        min(cap, max(len(str(cells[i])) for cells in [headers, *table]))
+        for i, cap in enumerate(caps)
+    ]
+
+    def line(cells: tuple[Any, ...]) -> str:
+        shortened = (_shorten(str(cell), w).ljust(w) for cell, w in zip(cells, widths, strict=True))
+        return "  ".join(shortened).rstrip()
+
+    click.echo(line(headers))
+    for row, cells in zip(rows, table, strict=True):
+        click.echo(line(cells))
+        where = [f"id {row['tenant_id']}", f"domain {row['default_domain'] or '-'}"]
+        if row["connection"]:
+            where.append(f"connection {row['connection']}")
+        if not row["active"]:
+            where.append("inactive: no longer listed by Microsoft")
+        notes = [
+            ("", "   ".join(where)),
+            ("detail: ", row["access_detail"]),
+            ("error: ", row["last_error"]),
+            ("pending: ", row["pending"]),
+        ]
+        if row["consent"] == "consent_needed":
+            notes.append(("consent: ", f"`halo-integrator csp consent {row['tenant_id']}`"))
+        for label, text in notes:
+            if text:
+                click.echo("  " + _shorten(label + text, width - 2))
+    unmapped = sum(1 for row in rows if row["mapping"] == "unmapped" and row["active"])
+    click.echo(f"\n{len(rows)} tenant{'s' if len(rows) != 1 else ''}, {unmapped} unmapped.")
+    if unmapped:
+        click.echo(
+            "Map tenants with [[tenant_mappings]] in the config; `halo-integrator csp map --auto` "
+            "proposes mappings from the names of existing customers."
+        )
+    click.echo("Details in full: `halo-integrator csp tenants --json`.")
+
+
+@csp.command("tenants")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (stable field names).")
+@_reported
+def tenants_command(as_json: bool) -> None:
+    """List the synced tenants: access, consent, mapping and last sync (read from the store)."""
+    config = _config()
+    missing = _nothing_stored(config)
+    rows: list[dict[str, Any]] = []
+    if missing is None:
+        store = _store()
+        try:
+            rows = tenant_rows(store, config)
+        finally:
+            store.close()
+        if not rows:
+            missing = f"no {MODULE} tenants in the store at {store.describe()} yet"
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif rows:
+        _print_tenant_table(rows)
+    if missing:
+        click.echo(f"{missing}: {_SYNC_FIRST}", err=as_json)
+
+
+def _names_to_match(store: Store) -> tuple[list[TenantName], list[str]]:
+    """The module's active tenants, and the names of the active customers."""
+    t, c = schema.tenants, schema.customers
+    with store.read() as db:
+        tenants = [
+            TenantName(row.tenant_id, row.name)
+            for row in db.execute(
+                sa.select(t.c.tenant_id, t.c.name)
+                .where(t.c.module == MODULE, t.c.active.is_(True))
+                .order_by(t.c.name, t.c.tenant_id)
+            )
+        ]
+        customers = list(
+            db.execute(sa.select(c.c.name).where(c.c.active.is_(True)).order_by(c.c.name)).scalars()
+        )
+    return tenants, customers
+
+
+def _validated(config: Config, text: str) -> None:
+    """Load ``text`` as the config would be loaded; exit 2 with its problems if it fails."""
+    from halo_integrator_core.cli import fail_config
+
+    assert config.source is not None
+    with tempfile.TemporaryDirectory(prefix="halo-integrator-map-") as folder:
+        candidate = Path(folder) / config.source.name
+        candidate.write_text(text, encoding="utf-8")
+        try:
+            load_config(candidate)
+        except ConfigError as exc:
+            click.echo(
+                f"error: with the proposed mappings the configuration would not load, so "
+                f"{config.source} is left as it was",
+                err=True,
+            )
+            fail_config(ConfigError(exc.problems, source=config.source))
+
+
+def _tenant_label(name: str, tenant_id: str) -> str:
+    return f'"{name}" ({tenant_id})'
+
+
+def _report(proposals: Proposals, *, written: Path | None) -> None:
+    verb = "mapped" if written else "would map"
+    if proposals.mapped:
+        where = f", appended to {written}" if written else " (dry run: the config is unchanged)"
+        click.echo(f"{verb} {len(proposals.mapped)} tenant(s){where}:")
+        for p in proposals.mapped:
+            click.echo(
+                f'  {_tenant_label(p.tenant_name, p.tenant_id)} → "{p.customer}" ({p.match} match)'
+            )
+    else:
+        click.echo("no new mappings to propose")
+    if proposals.ambiguous:
+        click.echo(f"ambiguous, left unmapped ({len(proposals.ambiguous)}):")
+        for a in proposals.ambiguous:
+            candidates = ", ".join(f'"{name}"' for name in a.candidates)
+            click.echo(f"  {_tenant_label(a.tenant_name, a.tenant_id)} matches {candidates}")
+        click.echo("  fix: map each by hand: [[tenant_mappings]] with its tenant_id and customer")
+    if proposals.unmatched:
+        click.echo(f"unmatched: no customer of that name ({len(proposals.unmatched)}):")
+        for u in proposals.unmatched:
+            click.echo(f"  {_tenant_label(u.name, u.tenant_id)}")
+        click.echo(
+            "  fix: map each by hand, mark it do_not_import = true, or turn on "
+            "[integrator] create_customers_from_tenants to create its customer"
+        )
+    if proposals.already_mapped:
+        click.echo(
+            f"already mapped in the config, left as they are: {len(proposals.already_mapped)}"
+        )
+    if written and proposals.mapped:
+        click.echo("next: `halo-integrator sync` maps these tenants to their customers")
+
+
+@csp.command("map")
+@click.option(
+    "--auto",
+    is_flag=True,
+    help="Propose mappings by matching tenant names to existing customers' names (required).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the proposals; leave the config unchanged.")
+@_reported
+def map_command(auto: bool, dry_run: bool) -> None:
+    """Map unmapped tenants to existing customers of the same name, in the config file."""
+    if not auto:
+        _usage(
+            "`csp map` needs --auto: tenant mappings are otherwise written by hand in the config",
+            "run `halo-integrator csp map --auto [--dry-run]` to propose them from customer "
+            "names, or add [[tenant_mappings]] tables (tenant_id, and customer or "
+            "do_not_import = true) to the configuration file",
+        )
+    config = _config()
+    missing = _nothing_stored(config)
+    if missing:
+        click.echo(f"{missing}: {_SYNC_FIRST}")
+        return
+    store = _store()
+    try:
+        tenants, customers = _names_to_match(store)
+    finally:
+        store.close()
+    if not tenants:
+        click.echo(f"no {MODULE} tenants in the store yet: {_SYNC_FIRST}")
+        return
+    mapped_ids = {str(mapping.tenant_id) for mapping in config.tenant_mappings}
+    proposals = propose(tenants, customers, mapped_ids)
+    if dry_run or not proposals.mapped:
+        _report(proposals, written=None if dry_run else config.source)
+        return
+    from halo_integrator_core.cli import _write_atomically
+
+    assert config.source is not None  # loaded from a file: App.config() insists on one
+    text = config.source.read_text(encoding="utf-8")
+    try:
+        updated = append_mappings(text, proposals.mapped, datetime.now(UTC).date())
+    except (CannotAppend, tomlkit.exceptions.ParseError) as exc:
+        _usage(f"cannot add the mappings to {config.source}: {exc}")
+    _validated(config, updated)
+    _write_atomically(config.source, updated)
+    _report(proposals, written=config.source)

@@ -43,7 +43,8 @@ def fetch_subscriptions(
 
 @hookimpl
 def register_commands(cli) -> None:  # cli: click.Group
-    """``halo-integrator csp ...``: authorize, status, disconnect, consent-url, consent."""
+    """``halo-integrator csp ...``: authorize, status, disconnect, consent-url, consent,
+    tenants, map."""
     from .commands import csp  # the command line's code, kept out of a sync's imports
 
     cli.add_command(csp)
