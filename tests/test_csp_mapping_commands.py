@@ -270,7 +270,7 @@ def test_csp_tenants_lists_access_consent_and_mapping_after_a_sync(setup):
         assert row["active"] is True and row["pending"] is None
     assert {row["access"] for row in tenants.values()} == set(consent)
     missing = next(row for row in tenants.values() if row["access"] == "consent_missing")
-    assert "csp consent-url" in missing["access_detail"]
+    assert "/v2.0/adminconsent?" in missing["access_detail"]
 
     table = setup.run("csp", "tenants").output
     assert table.splitlines()[0].split() == [

@@ -95,7 +95,7 @@ def test_gdap_and_dap_mode_unites_both_sources_with_each_access_state(
     } <= states
     consent = next(t for t in tenants.values() if t["access"] == "consent_missing")
     assert (
-        "csp consent-url" in consent["access_detail"]
+        "/v2.0/adminconsent?client_id=" in consent["access_detail"]
         and "AADSTS7000229" in consent["access_detail"]
     )
     # Consent missing is the user's to fix: skipped, with the reason, and nothing failed.

@@ -123,7 +123,13 @@ def test_row_missing_service_principal_or_application_not_found(microsoft: Micro
     tenants = {t.tenant_id: t for t in tenants_of(context) if isinstance(t, Tenant)}
     missing = tenants[unconsented.tenant_id]
     assert missing.access is TenantAccess.CONSENT_MISSING
-    assert "AADSTS7000229" in missing.access_detail and "csp consent-url" in missing.access_detail
+    assert (
+        "AADSTS7000229" in missing.access_detail and "/v2.0/adminconsent?" in missing.access_detail
+    )
+    assert (
+        f"{microsoft.endpoints.url('login')}/{unconsented.tenant_id}/v2.0/adminconsent?"
+        in missing.access_detail
+    )
     names_everyone(missing.access_detail, microsoft, unconsented.tenant_id)
     not_found = tenants[consented.tenant_id]
     assert not_found.access is TenantAccess.CONSENT_MISSING

@@ -31,6 +31,7 @@ from halo_integrator_core.paging import odata_pages, partner_center_pages
 from halo_integrator_core.translation import translate
 
 from .auth import GRAPH_RESOURCE, PARTNER_CENTER_RESOURCE, AppTokens
+from .consent import DEFAULT_CONSENT_REDIRECT_URI, consent_url
 from .delegated import DelegatedTokens
 from .errors import ApplicationNotFound, ConsentMissing, MicrosoftAuthError, call_error
 from .payloads import (
@@ -251,8 +252,18 @@ def _tenant(
             csp.clients(connection).gdap.token(tenant_id, GRAPH_RESOURCE)
         except (ConsentMissing, ApplicationNotFound) as exc:
             access = TenantAccess.CONSENT_MISSING
+            url = consent_url(
+                csp.endpoints,
+                str(connection.gdap_app.client_id),
+                tenant_id,
+                DEFAULT_CONSENT_REDIRECT_URI,
+                # Stable, so the tenant's record does not change on every sync; `csp consent`
+                # makes a URL with a fresh state and waits for the answer.
+                state=f"halo-consent-{tenant_id}",
+            )
             details.append(
-                f"consent needed: {exc} — the consent URL: `halo-integrator csp consent-url {tenant_id}`"
+                f"consent needed: {exc} — grant it at {url} (or run `halo-integrator csp consent "
+                f"{tenant_id}`, which waits for the answer and records it)"
             )
         except MicrosoftAuthError as exc:
             details.append(f"token refused: {exc}")
