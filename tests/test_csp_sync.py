@@ -223,3 +223,42 @@ def test_a_mapping_overrides_the_licence_import_type_and_relationship_type(
     assert others <= subscriptions
     customers = {t["tenant_id"]: t["customer"] for t in exported(store, "tenants")}
     assert customers[skus_only.tenant_id] == "SKUs Only Ltd"
+
+
+def test_users_arrive_by_delta_rounds_and_licences_know_their_users(
+    emulator, store, write_config, secrets
+):
+    config = csp_config(emulator, write_config)
+    sync(store, config)
+    world = emulator.world
+    readable = [c for c in world.customers.values() if c.gdap_status == "active" and c.consented]
+    users = {u["external_id"]: u for u in exported(store, "users")}
+    assert set(users) == {u.id for c in readable for u in world.live_users(c)}
+    for licence in exported(store, "licences"):
+        customer = world.customers[licence["tenant_id"]]
+        assert licence["assigned_users"] == customer.consumed(licence["external_id"])
+
+    customer = readable[0]
+    alive = [u for u in world.live_users(customer) if u.userType == "Member"]
+    added = world.add_user(customer.tenant_id, displayName="New Starter")
+    world.modify_user(customer.tenant_id, alive[0].id, jobTitle="Chief Listener")
+    world.soft_delete_user(customer.tenant_id, alive[1].id)
+    world.hard_delete_user(customer.tenant_id, alive[2].id)
+    result = sync(store, config)
+    counts = result.counts["users"]
+    assert (counts.added, counts.updated, counts.deactivated) == (1, 1, 2)
+    users = {u["external_id"]: u for u in exported(store, "users")}
+    assert users[added.id]["active"] and users[alive[0].id]["job_title"] == "Chief Listener"
+    assert not users[alive[1].id]["active"] and not users[alive[2].id]["active"]
+    delta_rounds = [
+        p for _, p, _ in emulator.app.requests if "/users/delta" in p and "deltatoken" in p.lower()
+    ]
+    assert delta_rounds, "the second sync should follow the stored delta link"
+
+    # A delta link Graph no longer knows starts a full round again; nothing is lost.
+    world.expire_delta_tokens(customer.tenant_id)
+    world.restore_user(customer.tenant_id, alive[1].id)
+    result = sync(store, config)
+    users = {u["external_id"]: u for u in exported(store, "users")}
+    assert users[alive[1].id]["active"] and not users[alive[2].id]["active"]
+    assert result.outcome == "succeeded"

@@ -95,3 +95,31 @@ class PartnerCenterSubscription:
     commitment_end_date: datetime | None = None
     billing_type: str | None = None
     order_id: str | None = None
+
+
+@attrs.frozen
+class AssignedLicense:
+    sku_id: str
+    disabled_plans: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class GraphUser:
+    """Graph ``user`` as a delta round lists it (api-reference/v1.0/api/user-delta.md)."""
+
+    id: str
+    user_principal_name: str
+    display_name: str | None = None
+    given_name: str | None = None
+    surname: str | None = None
+    mail: str | None = None
+    job_title: str | None = None
+    department: str | None = None
+    office_location: str | None = None
+    business_phones: list[str] = attrs.field(factory=list)
+    mobile_phone: str | None = None
+    employee_id: str | None = None
+    account_enabled: bool | None = None
+    user_type: str | None = None
+    usage_location: str | None = None
+    assigned_licenses: list[AssignedLicense] = attrs.field(factory=list)

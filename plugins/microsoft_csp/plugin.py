@@ -35,6 +35,11 @@ def fetch_licences(context: ModuleContext, tenant: Tenant, bookmark: str | None)
 
 
 @hookimpl
+def fetch_users(context: ModuleContext, tenant: Tenant, bookmark: str | None) -> Iterator[Any]:
+    return directory.fetch_users(context, tenant, bookmark)
+
+
+@hookimpl
 def fetch_subscriptions(
     context: ModuleContext, tenant: Tenant, bookmark: str | None
 ) -> Iterator[Any]:
