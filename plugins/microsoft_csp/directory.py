@@ -8,6 +8,7 @@ GDAP app); subscriptions are the partner's Partner Center subscriptions of the c
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -154,6 +155,15 @@ def session(context: ModuleContext) -> CspSession:
     return found
 
 
+@contextlib.contextmanager
+def _explained(api: str, tenant: str, app: str) -> Iterator[None]:
+    """Microsoft's refusals of the calls inside, as the guide explains them (`call_error`)."""
+    try:
+        yield
+    except HttpError as exc:
+        raise call_error(exc, api=api, tenant=tenant, app=app) from None
+
+
 # --- tenants -------------------------------------------------------------------------------
 
 
@@ -177,7 +187,7 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
     resellers: dict[str, PartnerCenterCustomer] = {}
     if connection.relationship_mode is RelationshipMode.GDAP_AND_DAP:
         headers = clients.partner_center_headers()
-        try:
+        with _explained("partner_center", partner, clients.partner_center.app_name):
             pages = partner_center_pages(
                 csp.http,
                 csp.endpoints.url("partner_center"),
@@ -192,14 +202,10 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
                         yield customer
                     else:
                         resellers[customer.company_profile.tenant_id.lower()] = customer
-        except HttpError as exc:
-            raise call_error(
-                exc, api="partner_center", tenant=partner, app=clients.partner_center.app_name
-            ) from None
 
     relationships: dict[str, list[DelegatedAdminRelationship]] = {}
     headers = clients.partner_center.headers(partner, GRAPH_RESOURCE)
-    try:
+    with _explained("graph", partner, clients.partner_center.app_name):
         url = csp.url("graph", "/v1.0/tenantRelationships/delegatedAdminRelationships")
         for page in odata_pages(csp.http, url, headers=headers):
             for item in page.items:
@@ -210,10 +216,6 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
                     relationships.setdefault(relationship.customer.tenant_id.lower(), []).append(
                         relationship
                     )
-    except HttpError as exc:
-        raise call_error(
-            exc, api="graph", tenant=partner, app=clients.partner_center.app_name
-        ) from None
 
     tenant_ids = set(relationships) | set(resellers)
     for tenant_id in sorted(tenant_ids):
@@ -317,12 +319,8 @@ def fetch_licences(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:
         return
     headers = _customer_graph_headers(csp, connection, tenant)
     url = csp.url("graph", "/v1.0/subscribedSkus")
-    try:
+    with _explained("graph", tenant.tenant_id, csp.clients(connection).gdap.app_name):
         body = csp.http.json("GET", url, headers=headers)
-    except HttpError as exc:
-        raise call_error(
-            exc, api="graph", tenant=tenant.tenant_id, app=csp.clients(connection).gdap.app_name
-        ) from None
     for item in body.get("value", []):
         sku = translate(
             item, SubscribedSku, entity_id=item.get("skuId") if isinstance(item, dict) else None
@@ -383,7 +381,7 @@ def fetch_subscriptions(context: ModuleContext, tenant: Tenant) -> Iterator[Any]
     clients = csp.clients(connection)
     headers = clients.partner_center_headers()
     path = f"/v1/customers/{tenant.tenant_id}/subscriptions"
-    try:
+    with _explained("partner_center", tenant.tenant_id, clients.partner_center.app_name):
         for page in partner_center_pages(
             csp.http, csp.endpoints.url("partner_center"), path, headers=headers
         ):
@@ -393,10 +391,6 @@ def fetch_subscriptions(context: ModuleContext, tenant: Tenant) -> Iterator[Any]
                     yield subscription
                     continue
                 yield _subscription(subscription)
-    except HttpError as exc:
-        raise call_error(
-            exc, api="partner_center", tenant=tenant.tenant_id, app=clients.partner_center.app_name
-        ) from None
     yield Checkpoint(bookmark=None, complete=True)
 
 
@@ -451,13 +445,14 @@ def fetch_users(context: ModuleContext, tenant: Tenant, bookmark: str | None) ->
     app = csp.clients(connection).gdap.app_name
     if bookmark:
         try:
-            yield from _delta_round(csp, _absolute(csp, bookmark), None, headers, complete=False)
+            with _explained("graph", tenant.tenant_id, app):
+                yield from _delta_round(
+                    csp, _absolute(csp, bookmark), None, headers, complete=False
+                )
             return
         except Gone:
             log.info("csp.users_delta_expired", tenant=tenant.tenant_id)
-        except HttpError as exc:
-            raise call_error(exc, api="graph", tenant=tenant.tenant_id, app=app) from None
-    try:
+    with _explained("graph", tenant.tenant_id, app):
         yield from _delta_round(
             csp,
             csp.url("graph", "/v1.0/users/delta"),
@@ -465,8 +460,6 @@ def fetch_users(context: ModuleContext, tenant: Tenant, bookmark: str | None) ->
             headers,
             complete=True,
         )
-    except HttpError as exc:
-        raise call_error(exc, api="graph", tenant=tenant.tenant_id, app=app) from None
 
 
 def _delta_round(
