@@ -51,10 +51,15 @@ class App:
                 self._config = load_config(self.config_path, missing_ok=missing_ok)
             except ConfigError as exc:
                 fail_config(exc)
-            self._setup_logging()
+            self.setup_logging()
         return self._config
 
-    def _setup_logging(self) -> None:
+    def use(self, config: Config) -> None:
+        """Work with ``config`` (one the command loaded itself), and configure logging."""
+        self._config = config
+        self.setup_logging()
+
+    def setup_logging(self) -> None:
         if self._logging_ready:
             return
         settings = self._config.logging if self._config else config_module.LoggingSettings()
@@ -152,8 +157,7 @@ def config_check(app: App) -> None:
         config = config_module.load_modules_only(app.config_path)
         if config is None:
             fail_config(exc)
-    app._config = config
-    app._setup_logging()
+    app.use(config)
     host = PluginHost.load(config)
     try:
         modules = host.active_modules()
@@ -532,17 +536,17 @@ def emulator_command(
     state_dir: Path | None,
 ) -> None:
     """Run the built-in Microsoft emulator on loopback and print the config that points at it."""
-    from .emulator_snippet import config_snippet, is_loopback
 
+    try:
+        from halo_microsoft_emulator import EmulatorServer, generate
+        from halo_microsoft_emulator.snippet import config_snippet, is_loopback
+    except ImportError as exc:  # pragma: no cover - it ships with this distribution
+        raise click.ClickException(f"the emulator is not installed: {exc}") from None
     if not is_loopback(host):
         raise click.BadParameter(
             f"{host!r} is not a loopback address: the emulator serves on loopback only",
             param_hint="--host",
         )
-    try:
-        from halo_microsoft_emulator import EmulatorServer, generate
-    except ImportError as exc:  # pragma: no cover - it ships with this distribution
-        raise click.ClickException(f"the emulator is not installed: {exc}") from None
     world = generate(seed=seed, customers=customers, users=users, devices=devices)
     try:
         if login_port is None:
@@ -588,7 +592,7 @@ def demo_command(
     from halo_microsoft_emulator.demo import prepare
 
     app.log_level = app.log_level or "warning"
-    app._setup_logging()
+    app.setup_logging()
     directory = directory.resolve()
     world = generate(seed=seed, customers=customers, users=users, devices=devices)
     with EmulatorServer(world, state_dir=directory / "emulator") as server:

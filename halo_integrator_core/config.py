@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,8 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 from cattrs.gen import make_dict_structure_fn
+
+from .logging import SECRET_KEY
 
 CONFIG_FILENAME = "halo-integrator.toml"
 CONFIG_ENV = "HALO_INTEGRATOR_CONFIG"
@@ -607,9 +608,6 @@ def check_secrets(value: Any, path: str) -> Iterator[str]:
             yield from check_secrets(item, f"{path}.{key}")
 
 
-_SECRET_KEY = re.compile(r"secret|token|password|passwd|credential|assertion|api_?key", re.I)
-
-
 def redact_for_display(data: Any, key: str = "") -> Any:
     """A copy of unstructured config fit to print: secret-named plain values masked."""
     if isinstance(data, Mapping):
@@ -618,6 +616,6 @@ def redact_for_display(data: Any, key: str = "") -> Any:
         return {k: redact_for_display(v, k) for k, v in data.items() if v is not None}
     if isinstance(data, (list, tuple)):
         return [redact_for_display(v, key) for v in data]
-    if key and _SECRET_KEY.search(key) and isinstance(data, str):
+    if key and SECRET_KEY.search(key) and isinstance(data, str):
         return "[redacted]"
     return data

@@ -544,6 +544,8 @@ class _EntityUnit:
         self.tenant_key = (
             f"{tenant.connection}/{tenant.tenant_id}" if tenant.connection else tenant.tenant_id
         )
+        #: The tenant's licence IDs by SKU, read once per unit when users need them.
+        self._licence_ids: dict[str, int] | None = None
         self.deactivates = not (
             rule.kind is EntityKind.USERS and not run.config.integrator.deactivate_users_not_found
         )
@@ -691,7 +693,7 @@ class _EntityUnit:
     def assign_licences(self, users: dict[str, Any]) -> None:
         """Make each user's licence assignments those of its `assigned_sku_ids`."""
         licences, assignments, table = schema.licences, schema.licence_assignments, self.table
-        if not hasattr(self, "_licence_ids"):
+        if self._licence_ids is None:
             self._licence_ids = dict(
                 self.connection.execute(
                     sa.select(licences.c.external_id, licences.c.id).where(

@@ -301,13 +301,18 @@ def _tenant(
 
 def _import_type(connection: Connection, tenant: Tenant) -> LicenceImportType:
     """The connection's licence import type, unless the tenant's mapping overrides it."""
-    override = tenant.attributes.get("mapping", {}).get("licence_import_type")
+    override = _mapping_override(tenant, "licence_import_type")
     return LicenceImportType(override) if override else connection.licence_import_type
 
 
 def _relationship(connection: Connection, tenant: Tenant) -> RelationshipMode:
-    override = tenant.attributes.get("mapping", {}).get("relationship_type")
+    """The connection's relationship type, unless the tenant's mapping overrides it."""
+    override = _mapping_override(tenant, "relationship_type")
     return RelationshipMode(override) if override else connection.relationship_mode
+
+
+def _mapping_override(tenant: Tenant, key: str) -> str | None:
+    return tenant.attributes.get("mapping", {}).get(key)
 
 
 def fetch_licences(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:

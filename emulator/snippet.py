@@ -1,4 +1,4 @@
-"""The config snippet `halo-integrator emulator` prints, pointing a config at it."""
+"""The config snippet `halo-integrator emulator` prints, pointing a config at the emulator."""
 
 from __future__ import annotations
 
