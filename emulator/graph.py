@@ -46,6 +46,7 @@ from urllib.parse import quote
 from werkzeug.wrappers import Request, Response
 
 from . import app
+from . import world as world_module
 from .app import Emulator, Token, graph_error, json_response
 from .world import EPOCH, Customer, Device, Group, Partner, User
 
@@ -531,64 +532,10 @@ def _sid(object_id: str) -> str:
 
 # -- licences: service plans of the SKUs the world sells ------------------------------------------
 
-#: (servicePlanId, servicePlanName, appliesTo) of each SKU; real identifiers from Microsoft's
-#: "Product names and service plan identifiers for licensing" table.
-_EXCHANGE_FOUNDATION = ("113feb6c-3fe4-4440-bddc-54d774bf0318", "EXCHANGE_S_FOUNDATION", "Company")
-_TEAMS = ("57ff2da0-773e-42df-b2af-ffb7a2317929", "TEAMS1", "User")
-_INTUNE = ("c1ec4a95-1f05-45b3-a911-aa3fa01094f5", "INTUNE_A", "User")
-_ENTRA_P1 = ("41781fb2-bc02-4b7c-bd55-b576c07bb09d", "AAD_PREMIUM", "User")
-_MFA = ("8a256a2b-b617-496d-b51b-e76466e88db0", "MFA_PREMIUM", "User")
-_OFFICE_APPS = ("43de0ff5-c92c-492b-9116-175376d08c38", "OFFICESUBSCRIPTION", "User")
-_EXCHANGE_STANDARD = ("9aaf7827-d63c-4b61-89c3-182f06f82e5c", "EXCHANGE_S_STANDARD", "User")
-_SHAREPOINT_STANDARD = ("c7699d2e-19aa-44de-8edf-1736da088ca1", "SHAREPOINTSTANDARD", "User")
-_OFFICE_WEB = ("e95bec33-7c88-4a70-8e19-b10bd9d0c014", "SHAREPOINTWAC", "User")
+#: (servicePlanId, servicePlanName, appliesTo) of each SKU, from the world's one table.
 SERVICE_PLANS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "SPE_E3": (
-        ("efb87545-963c-4e0d-99df-69c6916d9eb0", "EXCHANGE_S_ENTERPRISE", "User"),
-        ("5dbe027f-2339-4123-9542-606e4d348a72", "SHAREPOINTENTERPRISE", "User"),
-        _TEAMS,
-        _OFFICE_APPS,
-        _INTUNE,
-        _ENTRA_P1,
-        _MFA,
-        _EXCHANGE_FOUNDATION,
-    ),
-    "SPB": (
-        _EXCHANGE_STANDARD,
-        _SHAREPOINT_STANDARD,
-        _TEAMS,
-        _OFFICE_APPS,
-        _INTUNE,
-        _ENTRA_P1,
-        _MFA,
-        _EXCHANGE_FOUNDATION,
-    ),
-    "O365_BUSINESS_PREMIUM": (
-        _EXCHANGE_STANDARD,
-        _SHAREPOINT_STANDARD,
-        _TEAMS,
-        ("094e7854-93fc-4d55-b2c0-3ab5369ebdc1", "O365_BUSINESS", "User"),
-        _OFFICE_WEB,
-        _EXCHANGE_FOUNDATION,
-    ),
-    "O365_BUSINESS_ESSENTIALS": (
-        _EXCHANGE_STANDARD,
-        _SHAREPOINT_STANDARD,
-        _TEAMS,
-        _OFFICE_WEB,
-        _EXCHANGE_FOUNDATION,
-    ),
-    "DESKLESSPACK": (
-        ("4a82b400-a79f-41a4-b4e2-e94f5787b113", "EXCHANGE_S_DESKLESS", "User"),
-        ("902b47e5-dcb2-4fdc-858b-c63a90a2bdb9", "SHAREPOINTDESKLESS", "User"),
-        _TEAMS,
-        _OFFICE_WEB,
-        _EXCHANGE_FOUNDATION,
-    ),
-    "FLOW_FREE": (
-        ("50e68c76-46c6-4674-81f9-75456511b170", "FLOW_P2_VIRAL", "User"),
-        _EXCHANGE_FOUNDATION,
-    ),
+    part: tuple((plan.id, plan.name, plan.applies_to) for plan in plans)
+    for part, plans in world_module.SERVICE_PLANS.items()
 }
 
 

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from werkzeug.wrappers import Request, Response
 
+from . import world as world_module
 from .app import PARTNER_CENTER, Emulator, iso, json_response, partner_center_error
 from .world import GDAP_ROLES, Customer, Subscription
 
@@ -112,98 +113,19 @@ LICENCE_READER_ROLES = {
     )
 }
 
-#: Service plans of each SKU part number: (serviceName, id, displayName, targetType).
+#: Service plans of each SKU part number: (serviceName, id, displayName, targetType), from
+#: the world's one table (Partner Center says Tenant where Graph says Company).
 SERVICE_PLANS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
-    "SPE_E3": (
+    part: tuple(
         (
-            "EXCHANGE_S_ENTERPRISE",
-            "efb87545-963c-4e0d-99df-69c6916d9eb0",
-            "Exchange Online (Plan 2)",
-            "User",
-        ),
-        (
-            "SHAREPOINTENTERPRISE",
-            "5dbe027f-2339-4123-9542-606e4d348a72",
-            "SharePoint Online (Plan 2)",
-            "User",
-        ),
-        ("INTUNE_A", "c1ec4a95-1f05-45b3-a911-aa3fa01094f5", "Microsoft Intune", "User"),
-        (
-            "AAD_PREMIUM",
-            "41781fb2-bc02-4b7c-bd55-b576c07bb09d",
-            "Azure Active Directory Premium P1",
-            "User",
-        ),
-    ),
-    "SPB": (
-        (
-            "EXCHANGE_S_STANDARD",
-            "9aaf7827-d63c-4b61-89c3-182f06f82e5c",
-            "Exchange Online (Plan 1)",
-            "User",
-        ),
-        ("INTUNE_A", "c1ec4a95-1f05-45b3-a911-aa3fa01094f5", "Microsoft Intune", "User"),
-        (
-            "AAD_PREMIUM",
-            "41781fb2-bc02-4b7c-bd55-b576c07bb09d",
-            "Azure Active Directory Premium P1",
-            "User",
-        ),
-    ),
-    "O365_BUSINESS_PREMIUM": (
-        (
-            "EXCHANGE_S_STANDARD",
-            "9aaf7827-d63c-4b61-89c3-182f06f82e5c",
-            "Exchange Online (Plan 1)",
-            "User",
-        ),
-        (
-            "SHAREPOINTSTANDARD",
-            "c7699d2e-19aa-44de-8edf-1736da088ca1",
-            "SharePoint Online (Plan 1)",
-            "User",
-        ),
-        ("TEAMS1", "57ff2da0-773e-42df-b2af-ffb7a2317929", "Microsoft Teams", "User"),
-    ),
-    "O365_BUSINESS_ESSENTIALS": (
-        (
-            "EXCHANGE_S_STANDARD",
-            "9aaf7827-d63c-4b61-89c3-182f06f82e5c",
-            "Exchange Online (Plan 1)",
-            "User",
-        ),
-        (
-            "SHAREPOINTSTANDARD",
-            "c7699d2e-19aa-44de-8edf-1736da088ca1",
-            "SharePoint Online (Plan 1)",
-            "User",
-        ),
-        ("TEAMS1", "57ff2da0-773e-42df-b2af-ffb7a2317929", "Microsoft Teams", "User"),
-    ),
-    "DESKLESSPACK": (
-        (
-            "EXCHANGE_S_DESKLESS",
-            "4a82b400-a79f-41a4-b4e2-e94f5787b113",
-            "Exchange Online Kiosk",
-            "User",
-        ),
-        (
-            "SHAREPOINTDESKLESS",
-            "902b47e5-dcb2-4fdc-858b-c63a90a2bdb9",
-            "SharePoint Online Kiosk",
-            "User",
-        ),
-        ("TEAMS1", "57ff2da0-773e-42df-b2af-ffb7a2317929", "Microsoft Teams", "User"),
-    ),
-    "FLOW_FREE": (
-        ("FLOW_P2_VIRAL", "50e68c76-46c6-4674-81f9-75456511b170", "Flow Free", "User"),
-        (
-            "EXCHANGE_S_FOUNDATION",
-            "113feb6c-3fe4-4440-bddc-54d774bf0318",
-            "Exchange Foundation",
-            "Tenant",
-        ),
-    ),
+            plan.name,
+            plan.id,
+            plan.display_name,
+            "Tenant" if plan.applies_to == "Company" else plan.applies_to,
+        )
+        for plan in plans
+    )
+    for part, plans in world_module.SERVICE_PLANS.items()
 }
 
 _NAMESPACE = uuid.UUID("6f0d2a8e-5a3c-4c53-9d0e-2b7f5b1c9a11")

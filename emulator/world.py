@@ -152,6 +152,117 @@ SKU_CATALOG = (
         "0001",
     ),
 )
+
+
+@attrs.frozen
+class ServicePlan:
+    """A service plan inside a licence SKU (Microsoft's "Product names and service plan
+    identifiers for licensing" table). ``applies_to`` is Graph's word: User or Company."""
+
+    id: str
+    name: str
+    display_name: str
+    applies_to: str = "User"
+
+
+_EXCHANGE_FOUNDATION = ServicePlan(
+    "113feb6c-3fe4-4440-bddc-54d774bf0318",
+    "EXCHANGE_S_FOUNDATION",
+    "Exchange Foundation",
+    "Company",
+)
+_TEAMS = ServicePlan("57ff2da0-773e-42df-b2af-ffb7a2317929", "TEAMS1", "Microsoft Teams")
+_INTUNE = ServicePlan("c1ec4a95-1f05-45b3-a911-aa3fa01094f5", "INTUNE_A", "Microsoft Intune")
+_ENTRA_P1 = ServicePlan(
+    "41781fb2-bc02-4b7c-bd55-b576c07bb09d", "AAD_PREMIUM", "Azure Active Directory Premium P1"
+)
+_MFA = ServicePlan(
+    "8a256a2b-b617-496d-b51b-e76466e88db0",
+    "MFA_PREMIUM",
+    "Microsoft Azure Multi-Factor Authentication",
+)
+_OFFICE_APPS = ServicePlan(
+    "43de0ff5-c92c-492b-9116-175376d08c38",
+    "OFFICESUBSCRIPTION",
+    "Microsoft 365 Apps for enterprise",
+)
+_EXCHANGE_STANDARD = ServicePlan(
+    "9aaf7827-d63c-4b61-89c3-182f06f82e5c", "EXCHANGE_S_STANDARD", "Exchange Online (Plan 1)"
+)
+_SHAREPOINT_STANDARD = ServicePlan(
+    "c7699d2e-19aa-44de-8edf-1736da088ca1", "SHAREPOINTSTANDARD", "SharePoint Online (Plan 1)"
+)
+_OFFICE_WEB = ServicePlan(
+    "e95bec33-7c88-4a70-8e19-b10bd9d0c014", "SHAREPOINTWAC", "Office for the Web"
+)
+
+#: The service plans of each SKU of `SKU_CATALOG`, by part number: one table, which Graph's
+#: subscribedSkus and Partner Center's subscribed SKUs both answer from.
+SERVICE_PLANS: dict[str, tuple[ServicePlan, ...]] = {
+    "SPE_E3": (
+        ServicePlan(
+            "efb87545-963c-4e0d-99df-69c6916d9eb0",
+            "EXCHANGE_S_ENTERPRISE",
+            "Exchange Online (Plan 2)",
+        ),
+        ServicePlan(
+            "5dbe027f-2339-4123-9542-606e4d348a72",
+            "SHAREPOINTENTERPRISE",
+            "SharePoint Online (Plan 2)",
+        ),
+        _TEAMS,
+        _OFFICE_APPS,
+        _INTUNE,
+        _ENTRA_P1,
+        _MFA,
+        _EXCHANGE_FOUNDATION,
+    ),
+    "SPB": (
+        _EXCHANGE_STANDARD,
+        _SHAREPOINT_STANDARD,
+        _TEAMS,
+        _OFFICE_APPS,
+        _INTUNE,
+        _ENTRA_P1,
+        _MFA,
+        _EXCHANGE_FOUNDATION,
+    ),
+    "O365_BUSINESS_PREMIUM": (
+        _EXCHANGE_STANDARD,
+        _SHAREPOINT_STANDARD,
+        _TEAMS,
+        ServicePlan(
+            "094e7854-93fc-4d55-b2c0-3ab5369ebdc1",
+            "O365_BUSINESS",
+            "Microsoft 365 Apps for business",
+        ),
+        _OFFICE_WEB,
+        _EXCHANGE_FOUNDATION,
+    ),
+    "O365_BUSINESS_ESSENTIALS": (
+        _EXCHANGE_STANDARD,
+        _SHAREPOINT_STANDARD,
+        _TEAMS,
+        _OFFICE_WEB,
+        _EXCHANGE_FOUNDATION,
+    ),
+    "DESKLESSPACK": (
+        ServicePlan(
+            "4a82b400-a79f-41a4-b4e2-e94f5787b113", "EXCHANGE_S_DESKLESS", "Exchange Online Kiosk"
+        ),
+        ServicePlan(
+            "902b47e5-dcb2-4fdc-858b-c63a90a2bdb9", "SHAREPOINTDESKLESS", "SharePoint Online Kiosk"
+        ),
+        _TEAMS,
+        _OFFICE_WEB,
+        _EXCHANGE_FOUNDATION,
+    ),
+    "FLOW_FREE": (
+        ServicePlan("50e68c76-46c6-4674-81f9-75456511b170", "FLOW_P2_VIRAL", "Flow Free"),
+        _EXCHANGE_FOUNDATION,
+    ),
+}
+
 GDAP_ROLES = {
     "88d8e3e3-8f55-4a1e-953a-9b9898b8876b": "Directory Readers",
     "f2ef992c-3afb-46b9-b7cf-a126ee74c451": "Global Reader",
