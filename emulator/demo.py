@@ -49,8 +49,10 @@ def write_demo_config(directory: Path, server: EmulatorServer) -> Path:
 {endpoints}
 
 [integrator]
-# Every tenant the partner can reach becomes a customer of its own name.
+# Every tenant the partner can reach becomes a customer of its own name, and its users
+# go to that customer's main site (until [[site_mappings]] say otherwise).
 create_customers_from_tenants = true
+create_site_mappings_for_new_tenants = true
 
 [modules.microsoft_csp]
 enabled = true

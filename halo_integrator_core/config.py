@@ -9,6 +9,7 @@ are never read by code that is not loaded.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import os
 import tomllib
@@ -259,6 +260,9 @@ class IntegratorSettings:
     deactivate_users_not_found: bool = True
     #: Each imported tenant's ID joins the store's SSO allowed-tenants list (guide 4.2).
     add_tenants_to_sso_allowed_list: bool = False
+    #: A customer with no site mapping imports every user of its tenants to its main site,
+    #: as if `csp site-mappings generate` had written one for it (guide 6.1.2, last part).
+    create_site_mappings_for_new_tenants: bool = False
 
 
 class RelationshipMode(enum.StrEnum):
@@ -300,6 +304,175 @@ class TenantMapping:
         return {key: value.value for key, value in found.items() if value is not None}
 
 
+# --- user import rules (guide 6) ---------------------------------------------------------
+
+#: Directory (Entra ID) user properties field mappings, filters and site fields may read,
+#: by their Microsoft names (microsoftgraph/microsoft-graph-docs-contrib,
+#: api-reference/v1.0/resources/user.md: the properties a users listing returns on $select).
+USER_PROPERTIES = frozenset(
+    {
+        "accountEnabled", "ageGroup", "businessPhones", "city", "companyName",
+        "consentProvidedForMinor", "country", "createdDateTime", "creationType", "department",
+        "displayName", "employeeHireDate", "employeeId", "employeeLeaveDateTime",
+        "employeeType", "externalUserState", "faxNumber", "givenName", "id", "imAddresses",
+        "isResourceAccount", "jobTitle", "lastPasswordChangeDateTime", "mail", "mailNickname",
+        "mobilePhone", "officeLocation", "onPremisesDistinguishedName", "onPremisesDomainName",
+        "onPremisesImmutableId", "onPremisesSamAccountName", "onPremisesSecurityIdentifier",
+        "onPremisesSyncEnabled", "onPremisesUserPrincipalName", "otherMails",
+        "passwordPolicies", "postalCode", "preferredDataLocation", "preferredLanguage",
+        "proxyAddresses", "showInAddressList", "state", "streetAddress", "surname",
+        "usageLocation", "userPrincipalName", "userType",
+    }
+)  # fmt: skip
+
+#: The PSA user fields a field mapping or a site mapping's ``values`` may set.
+PSA_USER_FIELDS = (
+    "display_name", "first_name", "surname", "email", "network_login", "job_title",
+    "department", "office_location", "phone", "mobile", "employee_id",
+)  # fmt: skip
+
+#: The documented default field mappings (guide 6.2): PSA user field ← directory property.
+DEFAULT_USER_FIELDS: Mapping[str, str] = {
+    "display_name": "displayName",
+    "first_name": "givenName",
+    "surname": "surname",
+    "email": "mail",
+    "network_login": "userPrincipalName",
+    "job_title": "jobTitle",
+    "department": "department",
+    "office_location": "officeLocation",
+    "phone": "businessPhones",
+    "mobile": "mobilePhone",
+    "employee_id": "employeeId",
+}
+
+
+class UserMatching(enum.StrEnum):
+    """'User Matching Fields' (guide 6.3): how a directory user finds its PSA user."""
+
+    OBJECT_ID = "object_id"
+    EMAIL = "email"
+    NETWORK_LOGIN = "network_login"
+
+
+class FilterOperator(enum.StrEnum):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    CONTAINS = "contains"
+    NOT_CONTAINS = "not_contains"
+    STARTS_WITH = "starts_with"
+    ENDS_WITH = "ends_with"
+    IS_EMPTY = "is_empty"
+    IS_NOT_EMPTY = "is_not_empty"
+
+
+#: Operators that compare with no value.
+VALUELESS_OPERATORS = frozenset({FilterOperator.IS_EMPTY, FilterOperator.IS_NOT_EMPTY})
+
+
+@attrs.frozen(kw_only=True)
+class PropertyFilter:
+    """One condition of a site mapping on a user property; text compares ignoring case."""
+
+    field: str
+    operator: FilterOperator = FilterOperator.EQUALS
+    value: str | None = None
+
+
+class SiteMappingType(enum.StrEnum):
+    """'Site Mapping Type' (guide 6.1.2)."""
+
+    #: Map to an existing site (``site``; the customer's main site when omitted).
+    SITE = "site"
+    #: Map to the customer, one site per distinct value of the user property ``site_field``.
+    FIELD = "field"
+
+
+@attrs.frozen(kw_only=True)
+class SiteMapping:
+    """``[[site_mappings]]``: which users of a customer's tenants go to which site.
+
+    A user lands in the first mapping, by ``sequence`` (lower first, ties in file order),
+    whose conditions it meets; a user no mapping accepts is not imported.
+    """
+
+    customer: str
+    type: SiteMappingType = SiteMappingType.SITE
+    site: str | None = None
+    #: Create ``site`` if the customer has no such site yet (else it is an error).
+    create_site: bool = False
+    site_field: str | None = None
+    #: Only users of this tenant ('Apply filters to this Azure tenant').
+    tenant_id: Guid | None = None
+    sequence: int = 50
+    description: str | None = None
+    role: str | None = None
+    #: Only transitive members of this directory group ('Azure Group Name').
+    group: str | None = None
+    include_external_users: bool = False
+    filters: tuple[PropertyFilter, ...] = ()
+    #: PSA user field → value, set on every user this mapping takes.
+    values: Mapping[str, str] = attrs.field(factory=dict)
+
+    def label(self, index: int) -> str:
+        where = (self.site_field and f"by {self.site_field}") or self.site or "Main"
+        return self.description or f"site_mappings[{index}] ({self.customer} / {where})"
+
+
+@attrs.frozen(kw_only=True)
+class ServiceAccountRules:
+    """``[users.service_accounts]``: who is flagged a service account (guide 6.3).
+
+    A user is one when any rule holds, unless it holds a licence in ``licence_exceptions``
+    (SKU part numbers such as ``SPE_E3``, or SKU IDs). Patterns are shell-style (``svc-*``)
+    and ignore case.
+    """
+
+    no_licence: bool = False
+    upn_patterns: tuple[str, ...] = ()
+    display_name_patterns: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    sign_in_blocked: bool = False
+    licence_exceptions: tuple[str, ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return bool(
+            self.no_licence
+            or self.upn_patterns
+            or self.display_name_patterns
+            or self.groups
+            or self.sign_in_blocked
+        )
+
+
+@attrs.frozen(kw_only=True)
+class UserSettings:
+    """``[users]``: how directory users become PSA users (guide 6.2, 6.3, 8.2)."""
+
+    matching: UserMatching = UserMatching.OBJECT_ID
+    #: The PSA user's active flag follows ``accountEnabled``.
+    set_active_from_account_enabled: bool = False
+    #: Import the last sign-in date (needs AuditLog.Read.All and Entra ID P1/P2).
+    import_last_sign_in: bool = False
+    #: Incremental syncs through delta queries (a beta feature: needs track = "beta").
+    use_deltas: bool = False
+    #: With deltas on, a full listing at least this often (hours); none when unset.
+    full_reconcile_hours: int | None = None
+    #: PSA user field → directory property, over the defaults; "" turns a default off.
+    fields: Mapping[str, str] = attrs.field(factory=dict)
+    #: Custom PSA user field name → directory property.
+    custom_fields: Mapping[str, str] = attrs.field(factory=dict)
+    #: PSA fields a blank directory value clears (otherwise a blank never overwrites).
+    clear_when_blank: tuple[str, ...] = ()
+    service_accounts: ServiceAccountRules = ServiceAccountRules()
+
+    def field_map(self) -> dict[str, str]:
+        """PSA user field → directory property, defaults and overrides merged."""
+        merged = {**DEFAULT_USER_FIELDS, **self.fields}
+        return {field: source for field, source in merged.items() if source}
+
+
 @attrs.frozen(kw_only=True)
 class ModuleConfig:
     """``[modules.<name>]``: the host's keys; the rest is the module's own settings."""
@@ -318,6 +491,8 @@ class Config:
     integrator: IntegratorSettings = IntegratorSettings()
     endpoints: EndpointSettings = EndpointSettings()
     tenant_mappings: tuple[TenantMapping, ...] = ()
+    users: UserSettings = UserSettings()
+    site_mappings: tuple[SiteMapping, ...] = ()
     modules: Mapping[str, ModuleConfig] = attrs.field(factory=dict)
     #: The file this came from; ``None`` when no file exists yet.
     source: Path | None = attrs.field(default=None, eq=False)
@@ -530,7 +705,7 @@ def load_config(path: Path, *, missing_ok: bool = False) -> Config:
         config = structure(data, Config)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source=path) from None
-    problems = list(_mapping_problems(config))
+    problems = [*_mapping_problems(config), *_user_problems(config)]
     if problems:
         raise ConfigError(problems, source=path)
     return attrs.evolve(config, source=path.resolve())
@@ -552,6 +727,103 @@ def _mapping_problems(config: Config) -> Iterator[str]:
             yield f"tenant_mappings[{index}]: give a customer or do_not_import = true, not both"
         if not mapping.customer and not mapping.do_not_import:
             yield f'tenant_mappings[{index}]: say which customer (customer = "...") or do_not_import = true'
+
+
+def _unknown_property(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(USER_PROPERTIES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{name!r} is not a directory user property{hint} (see the README's list)"
+
+
+def _unknown_field(name: str) -> str:
+    close = difflib.get_close_matches(name, PSA_USER_FIELDS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"{name!r} is not a PSA user field ({hint}fields: {', '.join(PSA_USER_FIELDS)}; "
+        'custom fields as "custom_fields.<name>")'
+    )
+
+
+def _is_psa_field(name: str) -> bool:
+    return name in PSA_USER_FIELDS or (
+        name.startswith("custom_fields.") and len(name) > len("custom_fields.")
+    )
+
+
+def _user_problems(config: Config) -> Iterator[str]:
+    """What the user import rules say that cannot work."""
+    users = config.users
+    if users.use_deltas and config.integrator.track is not Track.BETA:
+        yield (
+            "users.use_deltas: delta syncs are a beta feature (guide 8.2): set "
+            'integrator.track = "beta" to use them, or turn them off'
+        )
+    if users.full_reconcile_hours is not None and users.full_reconcile_hours < 1:
+        yield "users.full_reconcile_hours: give a whole number of hours ≥ 1"
+    for field, source in users.fields.items():
+        if field not in PSA_USER_FIELDS:
+            yield f"users.fields.{field}: {_unknown_field(field)}"
+        if source and source not in USER_PROPERTIES:
+            yield f"users.fields.{field}: {_unknown_property(source)}"
+    for field, source in users.custom_fields.items():
+        if source not in USER_PROPERTIES:
+            yield f"users.custom_fields.{field}: {_unknown_property(source)}"
+    for index, field in enumerate(users.clear_when_blank):
+        if not _is_psa_field(field):
+            yield f"users.clear_when_blank[{index}]: {_unknown_field(field)}"
+    for index, pattern in enumerate(users.service_accounts.licence_exceptions):
+        if not pattern.strip():
+            yield f"users.service_accounts.licence_exceptions[{index}]: empty SKU"
+    customers = {m.customer for m in config.tenant_mappings if m.customer}
+    for index, mapping in enumerate(config.site_mappings):
+        where = f"site_mappings[{index}]"
+        if mapping.type is SiteMappingType.FIELD:
+            if not mapping.site_field:
+                yield (
+                    f'{where}.site_field: type = "field" creates a site per value of a user '
+                    'property: name it (site_field = "officeLocation")'
+                )
+            elif mapping.site_field not in USER_PROPERTIES:
+                yield f"{where}.site_field: {_unknown_property(mapping.site_field)}"
+            if mapping.site or mapping.create_site:
+                yield f'{where}: site and create_site are for type = "site"; type = "field" names site_field'
+        elif mapping.site_field:
+            yield f'{where}.site_field: only a type = "field" mapping creates sites from a field'
+        for number, condition in enumerate(mapping.filters):
+            at = f"{where}.filters[{number}]"
+            if condition.field not in USER_PROPERTIES:
+                yield f"{at}.field: {_unknown_property(condition.field)}"
+            if condition.operator in VALUELESS_OPERATORS:
+                if condition.value is not None:
+                    yield f"{at}.value: operator {condition.operator.value!r} takes no value"
+            elif condition.value is None:
+                yield f"{at}.value: operator {condition.operator.value!r} needs a value"
+        for field in mapping.values:
+            if not _is_psa_field(field):
+                yield f"{where}.values.{field}: {_unknown_field(field)}"
+        if customers and mapping.customer not in customers:
+            close = difflib.get_close_matches(mapping.customer, sorted(customers), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            yield (
+                f"{where}.customer: no [[tenant_mappings]] maps a tenant to {mapping.customer!r}"
+                f"{hint}; a site mapping places the users of its customer's tenants"
+            )
+
+
+def site_mapping_warnings(config: Config) -> Iterator[str]:
+    """Mappings of one customer and tenant that share a sequence: file order decides."""
+    seen: dict[tuple[str, str, int], int] = {}
+    for index, mapping in enumerate(config.site_mappings):
+        key = (mapping.customer, str(mapping.tenant_id or ""), mapping.sequence)
+        if key in seen:
+            yield (
+                f"site_mappings[{index}]: same sequence ({mapping.sequence}) as "
+                f"site_mappings[{seen[key]}] for customer {mapping.customer!r}: the earlier "
+                "one in the file is tried first; give them different sequences to make the "
+                "order explicit"
+            )
+        else:
+            seen[key] = index
 
 
 def load_modules_only(path: Path) -> Config | None:

@@ -22,12 +22,14 @@ from .models import (
     Licence,
     ManagedDevice,
     ModuleSpec,
+    Notice,
     Price,
     RecordError,
     Removed,
     Subscription,
     Tenant,
     UsageLine,
+    UserQuery,
     WebhookEvent,
     WebhookOutcome,
 )
@@ -84,15 +86,20 @@ def fetch_subscriptions(
 
 @hookspec
 def fetch_users(
-    context: ModuleContext, tenant: Tenant, bookmark: str | None
-) -> Iterable[DirectoryUser | Removed | RecordError | Checkpoint]:
+    context: ModuleContext, tenant: Tenant, bookmark: str | None, query: UserQuery
+) -> Iterable[DirectoryUser | Removed | RecordError | Notice | Checkpoint]:
     """Yield the tenant's directory users, in full or as changes since ``bookmark``.
 
     Called per mapped tenant, after subscriptions. With no bookmark,
     list every user and end with ``Checkpoint(bookmark=..., complete=True)``; with one, yield
-    only what changed (`Removed` for deletions) and end with ``complete=False``. A payload
-    that cannot be translated is yielded as `RecordError`, never raised. Must not keep the
-    directory in memory: yield page by page.
+    only what changed (`Removed` for deletions, its ``reason`` ``changed`` for a soft delete
+    and ``deleted`` for a hard one) and end with ``complete=False``. A bookmark the source
+    no longer accepts (expired) starts a full listing instead, ending ``complete=True``.
+    `LATEST_BOOKMARK` asks for no records, only a checkpoint from which later rounds see
+    what changes after now. ``query`` says which group memberships, extra properties and
+    sign-in dates the core's user rules need (see `UserQuery`). A payload that cannot be
+    translated is yielded as `RecordError`, never raised. Must not keep the directory in
+    memory: yield page by page.
     """
 
 

@@ -17,12 +17,14 @@ from typing import Any
 import attrs
 
 __all__ = [
+    "LATEST_BOOKMARK",
     "Checkpoint",
     "DirectoryUser",
     "EntityKind",
     "Licence",
     "ManagedDevice",
     "ModuleSpec",
+    "Notice",
     "Price",
     "RecordError",
     "Removed",
@@ -31,6 +33,7 @@ __all__ = [
     "Tenant",
     "TenantAccess",
     "UsageLine",
+    "UserQuery",
     "WebhookEvent",
     "WebhookOutcome",
 ]
@@ -160,11 +163,40 @@ class DirectoryUser:
     account_enabled: bool | None = None
     user_type: str | None = None
     assigned_sku_ids: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    #: Which of the groups named in the `UserQuery` the user is a member of, directly or
+    #: through nested groups (transitive membership), by the names the query gave.
+    groups: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    #: The last interactive or non-interactive sign-in, when the query asked for it and
+    #: Microsoft gave it; ``None`` for "never" or "not asked".
+    last_sign_in_at: datetime | None = None
     attributes: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
 
     @property
     def entity_id(self) -> str:
         return self.object_id
+
+
+@attrs.frozen(kw_only=True)
+class UserQuery:
+    """What the core's user rules need from ``fetch_users`` beyond the standard fields.
+
+    ``groups``: directory group names (site-mapping and service-account rules) whose
+    transitive membership each `DirectoryUser.groups` must report. ``properties``: extra
+    directory user properties, by their Microsoft names (``companyName``, ``city``), that
+    field mappings and filters read: the plugin selects them and puts each in the record's
+    ``attributes`` under that name (``None`` when empty). ``sign_in_activity``: fill
+    `DirectoryUser.last_sign_in_at`; when the tenant cannot give it (permission or licence
+    missing), yield one `Notice` saying so and the fix, and go on without it.
+    """
+
+    groups: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    properties: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    sign_in_activity: bool = False
+
+
+#: The bookmark the core hands ``fetch_users`` after ``deltas reset --latest``: start a
+#: delta round from now (changes before it are never imported) and yield only its checkpoint.
+LATEST_BOOKMARK = "latest"
 
 
 @attrs.frozen(kw_only=True)
@@ -273,6 +305,16 @@ class Removed:
 
 
 @attrs.frozen(kw_only=True)
+class Notice:
+    """A warning about a tenant's stream that is not about one record (a missing
+    permission that leaves an optional field empty, say): the core logs it, keeps it in the
+    run's problems and goes on. ``code`` is a short stable name for it."""
+
+    code: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
 class RecordError:
     """A payload the plugin could not translate: logged with its reason, counted, skipped."""
 
@@ -312,5 +354,6 @@ StreamItem = (
     | ManagedDevice
     | Removed
     | RecordError
+    | Notice
     | Checkpoint
 )

@@ -16,6 +16,7 @@ from halo_integrator_core.plugins import PluginHost
 CONFIG = f"""
 [integrator]
 create_customers_from_tenants = true
+create_site_mappings_for_new_tenants = true
 
 [modules.{MODULE}]
 enabled = true

@@ -30,6 +30,7 @@ def csp_config(
 
 [integrator]
 create_customers_from_tenants = true
+create_site_mappings_for_new_tenants = true
 {extra}
 [modules.microsoft_csp]
 enabled = true
@@ -228,12 +229,18 @@ def test_a_mapping_overrides_the_licence_import_type_and_relationship_type(
 def test_users_arrive_by_delta_rounds_and_licences_know_their_users(
     emulator, store, write_config, secrets
 ):
-    config = csp_config(emulator, write_config)
-    sync(store, config)
     world = emulator.world
     readable = [c for c in world.customers.values() if c.gdap_status == "active" and c.consented]
+    config = csp_config(
+        emulator,
+        write_config,
+        extra='track = "beta"\n[users]\nuse_deltas = true\n',
+    )
+    sync(store, config)
     users = {u["external_id"]: u for u in exported(store, "users")}
-    assert set(users) == {u.id for c in readable for u in world.live_users(c)}
+    assert set(users) == {
+        u.id for c in readable for u in world.live_users(c) if u.userType == "Member"
+    }
     for licence in exported(store, "licences"):
         customer = world.customers[licence["tenant_id"]]
         assert licence["assigned_users"] == customer.consumed(licence["external_id"])

@@ -29,6 +29,7 @@ from halo_integrator_core.webhooks import handle_webhook
 CONFIG = f"""
 [integrator]
 create_customers_from_tenants = true
+create_site_mappings_for_new_tenants = true
 
 [modules.{MODULE}]
 enabled = true

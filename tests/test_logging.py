@@ -87,7 +87,7 @@ def test_every_event_of_a_sync_carries_module_connection_and_tenant(
 ):
     config = load_config(
         write_config(
-            f"[integrator]\ncreate_customers_from_tenants = true\n[modules.{MODULE}]\nenabled = true\n"
+            f"[integrator]\ncreate_customers_from_tenants = true\ncreate_site_mappings_for_new_tenants = true\n[modules.{MODULE}]\nenabled = true\n"
         )
     )
     world = FakeDirectory.small()

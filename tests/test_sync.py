@@ -18,6 +18,7 @@ from halo_integrator_core.sync.engine import Change, Reporter, SyncEngine, SyncE
 MAPPED = f"""
 [integrator]
 create_customers_from_tenants = true
+create_site_mappings_for_new_tenants = true
 
 [[tenant_mappings]]
 tenant_id = "{TENANT_B}"

@@ -97,12 +97,15 @@ def _audit() -> list[Column[Any]]:
     ]
 
 
-def _synced() -> list[Any]:
-    """Columns every entity synced per tenant carries."""
+def _synced(*, linked: bool = True) -> list[Any]:
+    """Columns every entity synced per tenant carries.
+
+    ``linked=False`` for an entity the PSA may hold before any sync links it to a tenant.
+    """
     return [
         Column("id", Integer, primary_key=True),
-        Column("tenant_ref", ForeignKey("tenants.id"), nullable=False),
-        Column("external_id", String(200), nullable=False),
+        Column("tenant_ref", ForeignKey("tenants.id"), nullable=not linked),
+        Column("external_id", String(200), nullable=not linked),
         Column("customer_id", ForeignKey("customers.id"), nullable=False),
         *_audit(),
         Column("seen_run_id", Integer),
@@ -136,9 +139,11 @@ sites = Table(
 users = Table(
     "users",
     metadata,
-    *_synced(),
+    # A PSA user: linked to a directory user (tenant_ref and external_id, the object ID) once
+    # a sync imports or matches it; a user the PSA has from elsewhere has neither yet.
+    *_synced(linked=False),
     Column("site_id", ForeignKey("sites.id")),
-    Column("user_principal_name", String(320), nullable=False),
+    Column("user_principal_name", String(320)),
     Column("display_name", String(255)),
     Column("first_name", String(255)),
     Column("surname", String(255)),
@@ -152,8 +157,15 @@ users = Table(
     Column("employee_id", String(100)),
     Column("account_enabled", Boolean),
     Column("user_type", String(40)),
+    Column("is_service_account", Boolean, nullable=False, default=False),
+    Column("last_sign_in_at", UtcDateTime),
+    Column("role", String(255)),
+    #: The site mapping that placed the user (its description, or its place in the file).
+    Column("site_mapping", String(255)),
+    Column("custom_fields", JSON, nullable=False, default=dict),
 )
 Index("ix_users_upn", users.c.tenant_ref, users.c.user_principal_name)
+Index("ix_users_customer_id", users.c.customer_id)
 
 asset_types = Table(
     "asset_types",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -24,8 +25,11 @@ from ..config import Config
 from ..context import ModuleContext, module_context
 from ..http import HttpClient
 from ..models import (
+    LATEST_BOOKMARK,
     Checkpoint,
+    DirectoryUser,
     EntityKind,
+    Notice,
     RecordError,
     Removed,
     SkipTenant,
@@ -46,6 +50,7 @@ from .mapping import (
     resolve_tenant,
     tenant_columns,
 )
+from .users import UserRules, find_matches
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +92,7 @@ class Problem:
     kind: str
     tenant_id: str
     entity_id: str | None
-    outcome: str  # skipped | failed
+    outcome: str  # skipped | failed | warning
     reason: str
 
 
@@ -277,6 +282,7 @@ class _ModuleRun:
         self.hooks = engine.host.hook_for(active.name)
         self.run_id = result.run_id
         self.tenant_counts: dict[tuple[str, str], Counts] = {}
+        self.user_rules = UserRules(engine.config)
 
     @property
     def module(self) -> str:
@@ -292,7 +298,7 @@ class _ModuleRun:
         self.result.problem_total += 1
         if len(self.result.problems) < MAX_STORED_PROBLEMS:
             self.result.problems.append(problem)
-        logger = log.error if problem.outcome == "failed" else log.info
+        logger = {"failed": log.error, "warning": log.warning}.get(problem.outcome, log.info)
         logger(
             "sync.record_" + problem.outcome,
             kind=problem.kind,
@@ -471,8 +477,9 @@ class _ModuleRun:
         tenant_id = target.tenant.tenant_id
         counts, error = Counts(), None
         try:
+            unit = _UserUnit if rule.kind is EntityKind.USERS else _EntityUnit
             with self.store.unit() as connection:
-                _EntityUnit(self, rule, target, connection, counts).run()
+                unit(self, rule, target, connection, counts).run()
         except SkipTenant as skip:
             # Known and the user's to fix (consent, say): counted as skipped, not failed.
             counts = Counts(skipped=1)
@@ -544,18 +551,24 @@ class _EntityUnit:
         self.tenant_key = (
             f"{tenant.connection}/{tenant.tenant_id}" if tenant.connection else tenant.tenant_id
         )
-        #: The tenant's licence IDs by SKU, read once per unit when users need them.
-        self._licence_ids: dict[str, int] | None = None
-        self.deactivates = not (
-            rule.kind is EntityKind.USERS and not run.config.integrator.deactivate_users_not_found
-        )
+        self.deactivates = True
+
+    def hook_arguments(self) -> dict[str, Any]:
+        """What the kind's fetch hook is called with besides the context and the tenant."""
+        return {"bookmark": get_bookmark(self.connection, *self.bookmark_key)}
+
+    @property
+    def bookmark_key(self) -> tuple[str, str, str]:
+        return (self.run_state.module, self.kind, self.tenant_key)
+
+    def save_bookmark(self, bookmark: str | None, *, complete: bool) -> None:
+        save_bookmark(self.connection, *self.bookmark_key, bookmark)
 
     def run(self) -> None:
         run = self.run_state
-        bookmark = get_bookmark(self.connection, run.module, self.kind, self.tenant_key)
         hook = getattr(run.hooks, self.rule.hook)
         stream = run._stream(
-            hook(context=run.context, tenant=self.target.tenant, bookmark=bookmark)
+            hook(context=run.context, tenant=self.target.tenant, **self.hook_arguments())
         )
         complete, new_bookmark = True, None
         for batch in _batched(stream):
@@ -567,6 +580,8 @@ class _EntityUnit:
                     removed.append(item.entity_id)
                 elif isinstance(item, Checkpoint):
                     complete, new_bookmark = item.complete, item.bookmark
+                elif isinstance(item, Notice):
+                    run.problem(Problem(self.kind, self.tenant_id, None, "warning", item.message))
                 else:
                     run._bad_item(self.kind, self.tenant_id, item, self.counts)
                     if isinstance(item, RecordError) and item.entity_id:
@@ -580,7 +595,7 @@ class _EntityUnit:
             self.deactivate(
                 sa.or_(self.table.c.seen_run_id.is_(None), self.table.c.seen_run_id != run.run_id)
             )
-        save_bookmark(self.connection, run.module, self.kind, self.tenant_key, new_bookmark)
+        self.save_bookmark(new_bookmark, complete=complete)
 
     def upsert(self, records: list[Any]) -> None:
         if not records:
@@ -649,8 +664,6 @@ class _EntityUnit:
             self.connection.execute(
                 sa.update(table).where(table.c.id.in_(unchanged)).values(seen_run_id=run.run_id)
             )
-        if self.rule.kind is EntityKind.USERS:
-            self.assign_licences(by_id)
 
     def mark_seen(self, entity_ids: list[str]) -> None:
         if entity_ids:
@@ -682,25 +695,184 @@ class _EntityUnit:
                 .where(table.c.id.in_(chunk))
                 .values(active=False, inactive_since=now, updated_at=now)
             )
-            if self.rule.kind is EntityKind.USERS:
-                assignments = schema.licence_assignments
-                self.connection.execute(
-                    sa.update(assignments)
-                    .where(assignments.c.user_id.in_(chunk), assignments.c.active.is_(True))
-                    .values(active=False, inactive_since=now, updated_at=now)
+            self.deactivated(chunk, now)
+
+    def deactivated(self, ids: list[int], now: datetime) -> None:
+        """What else goes with the rows ``ids`` just deactivated."""
+
+
+class _UserUnit(_EntityUnit):
+    """Users: the guide's user rules (site and field mappings, matching, service accounts),
+    delta or full listings by config, and licence assignments."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        config = self.run_state.config
+        self.rules = self.run_state.user_rules
+        self.settings = config.users
+        self.deactivates = config.integrator.deactivate_users_not_found
+        #: The tenant's licences by SKU ID: (row ID, SKU part number), read once per unit.
+        self._licences: dict[str, tuple[int, str]] | None = None
+
+    def hook_arguments(self) -> dict[str, Any]:
+        run, target = self.run_state, self.target
+        assert target.customer_id is not None
+        if not self.rules.has_mappings(self.connection, target.customer_id):
+            raise SkipTenant(
+                f"no site mapping places the users of customer {_customer_name(self.connection, target)}: "
+                "run `halo-integrator csp site-mappings generate`, add [[site_mappings]], or set "
+                "integrator.create_site_mappings_for_new_tenants = true"
+            )
+        for reason in self.rules.broken_mappings(self.connection, target.customer_id):
+            run.problem(Problem(self.kind, self.tenant_id, None, "warning", reason))
+        return {
+            "bookmark": self.delta_bookmark(),
+            "query": self.rules.query(self.connection, target),
+        }
+
+    def delta_bookmark(self) -> str | None:
+        """The delta link to resume from: none with deltas off, or when a full reconcile is due."""
+        if not self.settings.use_deltas:
+            return None
+        stored = get_bookmark(self.connection, *self.bookmark_key)
+        hours = self.settings.full_reconcile_hours
+        if stored and stored != LATEST_BOOKMARK and hours:
+            last_full = get_bookmark(self.connection, *self.full_key)
+            due = last_full is None or datetime.fromisoformat(last_full) <= utcnow() - timedelta(
+                hours=hours
+            )
+            if due:
+                log.info("sync.users_full_reconcile", every_hours=hours, last_full=last_full)
+                return None
+        return stored
+
+    @property
+    def full_key(self) -> tuple[str, str, str]:
+        return (self.run_state.module, f"{self.kind}.full", self.tenant_key)
+
+    def save_bookmark(self, bookmark: str | None, *, complete: bool) -> None:
+        if not self.settings.use_deltas:
+            return  # every run lists everyone: a link would only go stale
+        super().save_bookmark(bookmark, complete=complete)
+        if complete:
+            save_bookmark(self.connection, *self.full_key, utcnow().isoformat())
+
+    def upsert(self, records: list[Any]) -> None:
+        if not records:
+            return
+        table, run, now = self.table, self.run_state, utcnow()
+        users: dict[str, DirectoryUser] = {record.object_id: record for record in records}
+        matches = find_matches(
+            self.connection,
+            self.target,
+            list(users.values()),
+            matching=self.settings.matching,
+            run_id=run.run_id,
+        )
+        sku_names = {sku: name for sku, (_, name) in self.licences().items()}
+        inserts, updates, unchanged, placed = [], [], [], {}
+        for object_id, user in users.items():
+            match = matches.get(object_id)
+            row = match.row if match else None
+            if match is not None and match.ambiguous:
+                self.counts.skipped += 1
+                run.problem(
+                    Problem(self.kind, self.tenant_id, object_id, "skipped", match.ambiguous)
                 )
+                continue
+            placement = self.rules.place(self.connection, self.target, user)
+            if placement is None:
+                self.counts.skipped += 1
+                run.problem(
+                    Problem(
+                        self.kind,
+                        self.tenant_id,
+                        object_id,
+                        "skipped",
+                        f"no site mapping accepts {user.user_principal_name}: not imported",
+                    )
+                )
+                if row is not None and row.tenant_ref == self.target.tenant_ref:
+                    unchanged.append(row.id)  # still in the directory: not a leaver
+                continue
+            values = self.rules.columns(
+                user,
+                placement,
+                row,
+                service_account=self.rules.is_service_account(user, sku_names),
+            ) | {
+                "customer_id": self.target.customer_id,
+                "tenant_ref": self.target.tenant_ref,
+                "external_id": object_id,
+                "active": self.rules.active(user),
+            }
+            placed[object_id] = user
+            if row is None:
+                inserts.append(
+                    values | {"created_at": now, "updated_at": now, "seen_run_id": run.run_id}
+                )
+                self.counts.added += 1
+                run._change(self.kind, self.tenant_id, object_id, "added")
+                continue
+            changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
+            if changed:
+                updates.append(
+                    {f"b_{k}": v for k, v in values.items()}
+                    | {
+                        "b_id": row.id,
+                        "b_updated_at": now,
+                        "b_seen_run_id": run.run_id,
+                        "b_inactive_since": None if values["active"] else row.inactive_since or now,
+                    }
+                )
+                self.counts.updated += 1
+                run._change(self.kind, self.tenant_id, object_id, "updated", changed)
+            else:
+                unchanged.append(row.id)
+                self.counts.unchanged += 1
+        if inserts:
+            self.connection.execute(sa.insert(table), inserts)
+        if updates:
+            columns = [k[2:] for k in updates[0] if k != "b_id"]
+            self.connection.execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("b_id"))
+                .values({c: sa.bindparam(f"b_{c}") for c in columns}),
+                updates,
+            )
+        if unchanged:
+            self.connection.execute(
+                sa.update(table).where(table.c.id.in_(unchanged)).values(seen_run_id=run.run_id)
+            )
+        self.assign_licences(placed)
+
+    def deactivated(self, ids: list[int], now: datetime) -> None:
+        assignments = schema.licence_assignments
+        self.connection.execute(
+            sa.update(assignments)
+            .where(assignments.c.user_id.in_(ids), assignments.c.active.is_(True))
+            .values(active=False, inactive_since=now, updated_at=now)
+        )
+
+    def licences(self) -> dict[str, tuple[int, str]]:
+        if self._licences is None:
+            licences = schema.licences
+            self._licences = {
+                row.external_id: (row.id, row.sku_part_number)
+                for row in self.connection.execute(
+                    sa.select(
+                        licences.c.external_id, licences.c.id, licences.c.sku_part_number
+                    ).where(licences.c.tenant_ref == self.target.tenant_ref)
+                )
+            }
+        return self._licences
 
     def assign_licences(self, users: dict[str, Any]) -> None:
         """Make each user's licence assignments those of its `assigned_sku_ids`."""
-        licences, assignments, table = schema.licences, schema.licence_assignments, self.table
-        if self._licence_ids is None:
-            self._licence_ids = dict(
-                self.connection.execute(
-                    sa.select(licences.c.external_id, licences.c.id).where(
-                        licences.c.tenant_ref == self.target.tenant_ref
-                    )
-                ).all()
-            )
+        if not users:
+            return
+        assignments, table = schema.licence_assignments, self.table
+        licence_ids = {sku: row_id for sku, (row_id, _) in self.licences().items()}
         user_ids = dict(
             self.connection.execute(
                 sa.select(table.c.external_id, table.c.id).where(
@@ -710,10 +882,10 @@ class _EntityUnit:
             ).all()
         )
         wanted = {
-            (self._licence_ids[sku], user_ids[object_id])
+            (licence_ids[sku], user_ids[object_id])
             for object_id, user in users.items()
             for sku in user.assigned_sku_ids
-            if sku in self._licence_ids
+            if sku in licence_ids
         }
         current = {
             (row.licence_id, row.user_id): row.active
@@ -785,6 +957,13 @@ def _tenant_of(row: Any) -> Tenant:
         access_detail=row.access_detail,
         attributes=row.attributes,
     )
+
+
+def _customer_name(connection: Connection, target: TenantTarget) -> str:
+    name = connection.execute(
+        sa.select(schema.customers.c.name).where(schema.customers.c.id == target.customer_id)
+    ).scalar_one()
+    return repr(name)
 
 
 def _reason(exc: BaseException) -> str:

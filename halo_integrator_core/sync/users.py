@@ -1,0 +1,489 @@
+"""User import rules (guide 6): site mappings, field mappings, matching, service accounts.
+
+A directory user becomes a PSA user of its tenant's customer, at the site of the first site
+mapping (by sequence, ties in file order) that accepts it; a user no mapping accepts is
+counted and listed, not imported. A user finds its PSA user by object ID, or by email or
+network login when the config says so; a user deleted and recreated with the same UPN finds
+the PSA user of the deleted one. A match that is not one PSA user is reported, never guessed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from ..config import (
+    VALUELESS_OPERATORS,
+    Config,
+    FilterOperator,
+    PropertyFilter,
+    SiteMapping,
+    SiteMappingType,
+    UserMatching,
+    UserSettings,
+)
+from ..models import DirectoryUser, UserQuery
+from ..store import schema, utcnow
+from .mapping import MAIN_SITE, TenantTarget, _json_safe, utc
+
+#: Directory properties every `DirectoryUser` carries in a field of its own.
+STANDARD_PROPERTIES: Mapping[str, str] = {
+    "id": "object_id",
+    "userPrincipalName": "user_principal_name",
+    "displayName": "display_name",
+    "givenName": "given_name",
+    "surname": "surname",
+    "mail": "mail",
+    "jobTitle": "job_title",
+    "department": "department",
+    "officeLocation": "office_location",
+    "businessPhones": "business_phones",
+    "mobilePhone": "mobile_phone",
+    "employeeId": "employee_id",
+    "accountEnabled": "account_enabled",
+    "userType": "user_type",
+}
+
+#: Longest value a PSA text field keeps (the store's columns are 255 wide at most).
+_TEXT_LIMIT = 255
+
+
+def property_value(user: DirectoryUser, name: str) -> Any:
+    """The value of directory property ``name`` on ``user`` (``None`` when it has none)."""
+    field = STANDARD_PROPERTIES.get(name)
+    if field is not None:
+        return getattr(user, field)
+    return user.attributes.get(name)
+
+
+def _text(value: Any) -> str | None:
+    """A property value as PSA text: blank is ``None``; a list is its first item."""
+    if isinstance(value, (list, tuple)):
+        value = next((item for item in value if item not in (None, "")), None)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value).strip()
+    return text or None
+
+
+def _texts(value: Any) -> list[str]:
+    """Every text of a property value, lower-cased, for filters (a list has several)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [t.lower() for item in values if (t := _text(item)) is not None]
+
+
+def filter_holds(condition: PropertyFilter, user: DirectoryUser) -> bool:
+    texts = _texts(property_value(user, condition.field))
+    operator = condition.operator
+    if operator in VALUELESS_OPERATORS:
+        return (not texts) == (operator is FilterOperator.IS_EMPTY)
+    wanted = (condition.value or "").strip().lower()
+    if operator is FilterOperator.EQUALS:
+        return wanted in texts
+    if operator is FilterOperator.NOT_EQUALS:
+        return wanted not in texts
+    if operator is FilterOperator.CONTAINS:
+        return any(wanted in t for t in texts)
+    if operator is FilterOperator.NOT_CONTAINS:
+        return not any(wanted in t for t in texts)
+    if operator is FilterOperator.STARTS_WITH:
+        return any(t.startswith(wanted) for t in texts)
+    if operator is FilterOperator.ENDS_WITH:
+        return any(t.endswith(wanted) for t in texts)
+    raise AssertionError(f"unhandled operator {operator}")  # pragma: no cover
+
+
+def is_external(user: DirectoryUser) -> bool:
+    """A guest (B2B) user: ``userType`` Guest, or an ``#EXT#`` UPN."""
+    return (user.user_type or "").lower() == "guest" or "#ext#" in user.user_principal_name.lower()
+
+
+@attrs.frozen
+class Placement:
+    """Where a mapping puts a user, and what it sets on it."""
+
+    site_id: int
+    label: str
+    role: str | None
+    values: Mapping[str, str]
+
+
+@attrs.define
+class _CompiledMapping:
+    index: int
+    spec: SiteMapping
+    customer_id: int
+    #: The site of a ``site`` mapping; ``None`` until created (``create_site``) or if missing.
+    site_id: int | None = None
+    broken: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.spec.label(self.index)[:_TEXT_LIMIT]
+
+
+class UserRules:
+    """The config's user rules, compiled against the store once per run."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings: UserSettings = config.users
+        self.field_map = self.settings.field_map()
+        self.custom_map = dict(self.settings.custom_fields)
+        self.clear_when_blank = frozenset(self.settings.clear_when_blank)
+        self.service = self.settings.service_accounts
+        self._by_customer: dict[int, list[_CompiledMapping]] | None = None
+        #: Site IDs by (customer, lower-cased name), created or looked up this run.
+        self._sites: dict[tuple[int, str], int] = {}
+        self._reported: set[int] = set()
+
+    # -- mappings --------------------------------------------------------------------------
+
+    def mappings_of(self, connection: Connection, customer_id: int) -> list[_CompiledMapping]:
+        if self._by_customer is None:
+            self._by_customer = self._compile(connection)
+        return self._by_customer.get(customer_id, [])
+
+    def _compile(self, connection: Connection) -> dict[int, list[_CompiledMapping]]:
+        customers = schema.customers
+        names = {m.customer for m in self.config.site_mappings}
+        ids = dict(
+            connection.execute(
+                sa.select(customers.c.name, customers.c.id).where(customers.c.name.in_(names))
+            ).all()
+        )
+        compiled: dict[int, list[_CompiledMapping]] = {}
+        for index, spec in enumerate(self.config.site_mappings):
+            customer_id = ids.get(spec.customer)
+            if customer_id is None:
+                continue  # a customer no tenant is mapped to yet: nothing to place
+            mapping = _CompiledMapping(index, spec, customer_id)
+            if spec.type is SiteMappingType.SITE:
+                name = spec.site or MAIN_SITE
+                mapping.site_id = self._site(connection, customer_id, name, create=False)
+                if mapping.site_id is None and not spec.create_site:
+                    mapping.broken = (
+                        f"site_mappings[{index}]: customer {spec.customer!r} has no site "
+                        f"{name!r}: name one of its sites, or set create_site = true"
+                    )
+            compiled.setdefault(customer_id, []).append(mapping)
+        for mappings in compiled.values():
+            mappings.sort(key=lambda m: (m.spec.sequence, m.index))
+        return compiled
+
+    def has_mappings(self, connection: Connection, customer_id: int) -> bool:
+        return bool(self.mappings_of(connection, customer_id)) or (
+            self.config.integrator.create_site_mappings_for_new_tenants
+        )
+
+    def broken_mappings(self, connection: Connection, customer_id: int) -> list[str]:
+        """Reasons of this customer's mappings that cannot place anyone (said once a run)."""
+        found = []
+        for mapping in self.mappings_of(connection, customer_id):
+            if mapping.broken and mapping.index not in self._reported:
+                self._reported.add(mapping.index)
+                found.append(mapping.broken)
+        return found
+
+    def place(
+        self, connection: Connection, target: TenantTarget, user: DirectoryUser
+    ) -> Placement | None:
+        """The first mapping of the tenant's customer that accepts ``user``, if any."""
+        assert target.customer_id is not None
+        mappings = self.mappings_of(connection, target.customer_id)
+        if not mappings:
+            if self.config.integrator.create_site_mappings_for_new_tenants and not is_external(
+                user
+            ):
+                assert target.main_site_id is not None
+                return Placement(target.main_site_id, "generated: all users to Main", None, {})
+            return None
+        for mapping in mappings:
+            site_id = self._accepts(connection, mapping, target, user)
+            if site_id is not None:
+                spec = mapping.spec
+                return Placement(site_id, mapping.label, spec.role, spec.values)
+        return None
+
+    def _accepts(
+        self,
+        connection: Connection,
+        mapping: _CompiledMapping,
+        target: TenantTarget,
+        user: DirectoryUser,
+    ) -> int | None:
+        spec = mapping.spec
+        if mapping.broken:
+            return None
+        if spec.tenant_id and str(spec.tenant_id) != target.tenant.tenant_id.lower():
+            return None
+        if not spec.include_external_users and is_external(user):
+            return None
+        if spec.group and spec.group.lower() not in {g.lower() for g in user.groups}:
+            return None
+        if not all(filter_holds(condition, user) for condition in spec.filters):
+            return None
+        if spec.type is SiteMappingType.FIELD:
+            assert spec.site_field is not None
+            name = _text(property_value(user, spec.site_field))
+            if name is None:
+                return None  # no value to name a site after: the next mapping may take it
+            return self._site(connection, mapping.customer_id, name[:_TEXT_LIMIT], create=True)
+        if mapping.site_id is None:
+            mapping.site_id = self._site(
+                connection, mapping.customer_id, spec.site or MAIN_SITE, create=True
+            )
+        return mapping.site_id
+
+    def _site(self, connection: Connection, customer_id: int, name: str, *, create: bool) -> Any:
+        key = (customer_id, name.lower())
+        if key in self._sites:
+            return self._sites[key]
+        sites = schema.sites
+        site_id = connection.execute(
+            sa.select(sites.c.id)
+            .where(sites.c.customer_id == customer_id, sa.func.lower(sites.c.name) == key[1])
+            .order_by(sites.c.id)
+            .limit(1)
+        ).scalar_one_or_none()
+        if site_id is None and create:
+            now = utcnow()
+            site_id = connection.execute(
+                sa.insert(sites).values(
+                    customer_id=customer_id,
+                    name=name,
+                    is_main=False,
+                    active=True,
+                    created_at=now,
+                    updated_at=now,
+                )
+            ).inserted_primary_key[0]
+        if site_id is not None:
+            self._sites[key] = site_id
+        return site_id
+
+    # -- what to ask the plugin for --------------------------------------------------------
+
+    def query(self, connection: Connection, target: TenantTarget) -> UserQuery:
+        """The groups, extra properties and sign-ins this tenant's users are judged by."""
+        mappings = (
+            [m.spec for m in self.mappings_of(connection, target.customer_id)]
+            if target.customer_id is not None
+            else []
+        )
+        groups = [m.group for m in mappings if m.group] + list(self.service.groups)
+        properties = [
+            *self.field_map.values(),
+            *self.custom_map.values(),
+            *(c.field for m in mappings for c in m.filters),
+            *(m.site_field for m in mappings if m.site_field),
+        ]
+        return UserQuery(
+            groups=_unique(groups, fold=True),
+            properties=_unique(p for p in properties if p not in STANDARD_PROPERTIES),
+            sign_in_activity=self.settings.import_last_sign_in,
+        )
+
+    # -- columns ---------------------------------------------------------------------------
+
+    def is_service_account(self, user: DirectoryUser, sku_names: Mapping[str, str]) -> bool:
+        rules = self.service
+        if not rules.any:
+            return False
+        held = {sku.lower() for sku in user.assigned_sku_ids} | {
+            sku_names[sku].lower() for sku in user.assigned_sku_ids if sku in sku_names
+        }
+        if any(exception.strip().lower() in held for exception in rules.licence_exceptions):
+            return False
+        upn, name = user.user_principal_name.lower(), (user.display_name or "").lower()
+        groups = {g.lower() for g in user.groups}
+        return bool(
+            (rules.no_licence and not user.assigned_sku_ids)
+            or any(fnmatch.fnmatchcase(upn, p.lower()) for p in rules.upn_patterns)
+            or any(fnmatch.fnmatchcase(name, p.lower()) for p in rules.display_name_patterns)
+            or any(g.lower() in groups for g in rules.groups)
+            or (rules.sign_in_blocked and user.account_enabled is False)
+        )
+
+    def columns(
+        self,
+        user: DirectoryUser,
+        placement: Placement,
+        row: Row[Any] | None,
+        *,
+        service_account: bool,
+    ) -> dict[str, Any]:
+        """The PSA user's columns for ``user``; a blank never clears what ``row`` holds
+        unless the config says so."""
+        values: dict[str, Any] = {}
+        for field, source in self.field_map.items():
+            value = _text(property_value(user, source))
+            if value is not None:
+                value = value[:_TEXT_LIMIT] if field not in ("phone", "mobile") else value[:100]
+            if value is None and row is not None and field not in self.clear_when_blank:
+                value = getattr(row, field)
+            values[field] = value
+        custom = dict(row.custom_fields or {}) if row is not None else {}
+        for name, source in self.custom_map.items():
+            value = _text(property_value(user, source))
+            if value is not None or f"custom_fields.{name}" in self.clear_when_blank:
+                custom[name] = value
+        for field, value in placement.values.items():
+            if field.startswith("custom_fields."):
+                custom[field.removeprefix("custom_fields.")] = value
+            else:
+                values[field] = value
+        values |= {
+            "site_id": placement.site_id,
+            "site_mapping": placement.label,
+            "role": placement.role,
+            "custom_fields": custom,
+            "user_principal_name": user.user_principal_name,
+            "account_enabled": user.account_enabled,
+            "user_type": user.user_type,
+            "is_service_account": service_account,
+            "attributes": _json_safe(
+                {
+                    **user.attributes,
+                    "assignedSkuIds": list(user.assigned_sku_ids),
+                    "groups": list(user.groups),
+                }
+            ),
+        }
+        if self.settings.import_last_sign_in:
+            values["last_sign_in_at"] = utc(user.last_sign_in_at)
+        return values
+
+    def active(self, user: DirectoryUser) -> bool:
+        """The PSA user's active flag for a user present in the directory."""
+        return not (self.settings.set_active_from_account_enabled and user.account_enabled is False)
+
+
+def _unique(values: Iterable[str], *, fold: bool = False) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for value in values:
+        seen.setdefault(value.lower() if fold else value, value)
+    return tuple(seen.values())
+
+
+# --- matching ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Match:
+    """The PSA user a directory user is, or why it cannot be told."""
+
+    row: Row[Any] | None
+    ambiguous: str | None = None
+
+
+def find_matches(
+    connection: Connection,
+    target: TenantTarget,
+    users: Sequence[DirectoryUser],
+    *,
+    matching: UserMatching,
+    run_id: int | None,
+) -> dict[str, Match]:
+    """The PSA user of each of ``users`` (a batch), by object ID, then by the config's
+    matching field, then by UPN for a user recreated in the directory.
+
+    A PSA user is a candidate for a second match only if no directory user of this run holds
+    it already: it is not linked yet, or linked to an object of this tenant not seen this run
+    (deleted, or about to be). Two candidates for one user are reported as ambiguous.
+    """
+    table = schema.users
+    ids = [user.object_id for user in users]
+    by_object_id = {
+        row.external_id: row
+        for row in connection.execute(
+            sa.select(table).where(
+                table.c.tenant_ref == target.tenant_ref, table.c.external_id.in_(ids)
+            )
+        )
+    }
+    matches = {oid: Match(row) for oid, row in by_object_id.items()}
+    missing = [user for user in users if user.object_id not in by_object_id]
+    if not missing:
+        return matches
+    free = sa.or_(
+        table.c.external_id.is_(None),
+        sa.and_(
+            table.c.tenant_ref == target.tenant_ref,
+            table.c.external_id.not_in(ids),
+            sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != run_id),
+        ),
+    )
+    claimed: set[int] = set()
+
+    def candidates(column: sa.ColumnElement[Any], keys: dict[str, str]) -> dict[str, list[Any]]:
+        if not keys:
+            return {}
+        found: dict[str, list[Any]] = {}
+        for row in connection.execute(
+            sa.select(table)
+            .where(
+                table.c.customer_id == target.customer_id,
+                sa.func.lower(column).in_(set(keys.values())),
+                free,
+            )
+            .order_by(table.c.id)
+        ):
+            found.setdefault(str(getattr(row, column.key)).lower(), []).append(row)
+        return found
+
+    if matching is not UserMatching.OBJECT_ID:
+        column = table.c.email if matching is UserMatching.EMAIL else table.c.network_login
+        keys = {
+            u.object_id: key.lower()
+            for u in missing
+            if (key := (u.mail if matching is UserMatching.EMAIL else u.user_principal_name))
+        }
+        found = candidates(column, keys)
+        for user in missing:
+            rows = found.get(keys.get(user.object_id, ""), [])
+            if len(rows) > 1:
+                listed = ", ".join(str(row.id) for row in rows)
+                matches[user.object_id] = Match(
+                    None,
+                    f"{len(rows)} PSA users of the customer have the {matching.value} "
+                    f"{keys[user.object_id]!r} (IDs {listed}): merge or correct them, then sync",
+                )
+            elif rows:
+                _claim(matches, claimed, user, rows[0])
+    # A user deleted and recreated with the same UPN: the PSA user of the old object.
+    relink = {
+        u.object_id: u.user_principal_name.lower() for u in missing if u.object_id not in matches
+    }
+    found = {
+        key: [row for row in rows if row.tenant_ref == target.tenant_ref]
+        for key, rows in candidates(table.c.user_principal_name, relink).items()
+    }
+    for user in missing:
+        if user.object_id in matches:
+            continue
+        rows = [row for row in found.get(relink[user.object_id], []) if row.id not in claimed]
+        if len(rows) == 1:
+            _claim(matches, claimed, user, rows[0])
+    return matches
+
+
+def _claim(matches: dict[str, Match], claimed: set[int], user: DirectoryUser, row: Any) -> None:
+    if row.id in claimed:
+        other = next(oid for oid, m in matches.items() if m.row is not None and m.row.id == row.id)
+        matches[user.object_id] = Match(
+            None, f"PSA user {row.id} is already matched to directory user {other} in this batch"
+        )
+        return
+    claimed.add(row.id)
+    matches[user.object_id] = Match(row)
