@@ -11,12 +11,14 @@ from .config import Guid, HttpsUrl, SecretRef
 from .context import ModuleContext
 from .hookspecs import PROJECT_NAME
 from .models import (
+    LATEST_BOOKMARK,
     Checkpoint,
     DirectoryUser,
     EntityKind,
     Licence,
     ManagedDevice,
     ModuleSpec,
+    Notice,
     Price,
     RecordError,
     Removed,
@@ -25,6 +27,7 @@ from .models import (
     Tenant,
     TenantAccess,
     UsageLine,
+    UserQuery,
     WebhookEvent,
     WebhookOutcome,
 )
@@ -32,6 +35,7 @@ from .models import (
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 __all__ = [
+    "LATEST_BOOKMARK",
     "Checkpoint",
     "DirectoryUser",
     "EntityKind",
@@ -41,6 +45,7 @@ __all__ = [
     "ManagedDevice",
     "ModuleContext",
     "ModuleSpec",
+    "Notice",
     "Price",
     "RecordError",
     "Removed",
@@ -50,6 +55,7 @@ __all__ = [
     "Tenant",
     "TenantAccess",
     "UsageLine",
+    "UserQuery",
     "WebhookEvent",
     "WebhookOutcome",
     "hookimpl",

@@ -108,11 +108,17 @@ def _users() -> sa.Select[Any]:
             t.c.employee_id,
             t.c.account_enabled,
             t.c.user_type,
+            t.c.is_service_account,
+            t.c.last_sign_in_at,
+            t.c.role,
+            t.c.site_mapping,
+            t.c.custom_fields,
             *_status_cols(t),
         )
         .select_from(
+            # A PSA user no sync has linked yet has no tenant.
             _customer_join(t)
-            .join(c.tenants, c.tenants.c.id == t.c.tenant_ref)
+            .outerjoin(c.tenants, c.tenants.c.id == t.c.tenant_ref)
             .outerjoin(c.sites, c.sites.c.id == t.c.site_id)
         )
         .order_by(t.c.id)

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from halo_integrator_core import (
+    LATEST_BOOKMARK,
     Checkpoint,
     DirectoryUser,
     Licence,
@@ -54,6 +55,10 @@ class FakeDirectory:
     changes: dict[str, list[Any]] = attrs.field(factory=dict)
     round: int = 0
     calls: list[tuple[str, str | None, str | None]] = attrs.field(factory=list)
+    #: The `UserQuery` each tenant's users were last fetched with.
+    queries: dict[str, Any] = attrs.field(factory=dict)
+    #: Notices yielded among a tenant's users.
+    notices: dict[str, list[Any]] = attrs.field(factory=dict)
 
     @classmethod
     def small(cls) -> FakeDirectory:
@@ -184,9 +189,16 @@ class FakeDirectory:
         )
 
     @hookimpl
-    def fetch_users(self, context: Any, tenant: Tenant, bookmark: str | None) -> Iterator[Any]:
+    def fetch_users(
+        self, context: Any, tenant: Tenant, bookmark: str | None, query: Any
+    ) -> Iterator[Any]:
         self.calls.append(("fetch_users", tenant.tenant_id, bookmark))
         tenant_id = tenant.tenant_id
+        self.queries[tenant_id] = query
+        yield from self.notices.get(tenant_id, [])
+        if bookmark == LATEST_BOOKMARK:
+            yield Checkpoint(bookmark=f"delta-{self.round}", complete=False)
+            return
         if self.delta and bookmark is not None:
             yield from self._maybe_fail("fetch_users", tenant_id, self.changes.get(tenant_id, []))
             yield Checkpoint(bookmark=f"delta-{self.round}", complete=False)

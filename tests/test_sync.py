@@ -29,6 +29,9 @@ enabled = true
 """
 
 
+DELTAS = MAPPED.replace("[integrator]", '[integrator]\ntrack = "beta"') + "[users]\nuse_deltas = true\n"
+
+
 class Recorder(Reporter):
     def __init__(self) -> None:
         self.changes: list[Change] = []
@@ -164,7 +167,7 @@ def test_a_delta_round_applies_changes_and_removals_and_moves_the_bookmark(
     store, make_engine, world
 ):
     world.delta = True
-    engine = make_engine()
+    engine = make_engine(DELTAS)
     engine.run()
     key = f"main/{TENANT_A}"
     with store.read() as connection:
