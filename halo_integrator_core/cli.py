@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -25,6 +23,7 @@ import tomlkit
 
 from . import config as config_module
 from .config import Config, ConfigError, find_config, load_config
+from .config_edit import write_atomically
 from .export import EXPORTS, write_export
 from .logging import configure_logging
 from .plugins import PluginHost, entry_point_names
@@ -132,7 +131,7 @@ def init(app: App, force: bool, exist_ok: bool) -> None:
         sys.exit(EXIT_USAGE)
     starter = resources.files("halo_integrator_core").joinpath("starter.toml").read_text("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, starter)
+    write_atomically(path, starter)
     click.echo(f"wrote {path}")
     click.echo(
         "next: add your connections and tenant mappings, then `halo-integrator config check`"
@@ -274,21 +273,8 @@ def _set_module_enabled(app: App, name: str, enabled: bool) -> None:
         table = tomlkit.table()
         table["enabled"] = enabled
         modules[name] = table
-    _write_atomically(path, tomlkit.dumps(document))
+    write_atomically(path, tomlkit.dumps(document))
     click.echo(f"module {name} {'enabled' if enabled else 'disabled'} in {path}")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @cli.command("plugins")
@@ -619,6 +605,7 @@ def demo_command(
         "export --what tenants",
         "export --what licences",
         "export --what subscriptions",
+        "export --what users",
         "export --what runs",
         "csp tenants",
         "csp status",

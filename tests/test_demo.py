@@ -59,6 +59,23 @@ def test_the_demo_syncs_the_emulator_and_leaves_a_store_to_read(tmp_path):
         and row["commitment_end"]
         for row in subscriptions
     )
+    users = export("users")
+    readable = {
+        t["tenant_id"] for t in tenants if t["access"] in ("reseller_and_gdap", "gdap_only")
+    }
+    assert {u["tenant_id"] for u in users} == readable
+    assert all(
+        u["site"] == "Main"
+        and u["customer"]
+        and len(u["external_id"]) == 36
+        and u["active"] is True
+        and u["is_service_account"] is False
+        and u["display_name"]
+        and u["network_login"] == u["user_principal_name"]
+        and u["user_type"] == "Member"  # guests are not taken by the catch-all
+        for u in users
+    )
+    assert any(u["email"] and u["job_title"] and u["department"] for u in users)
     status = run("--config", str(config), "csp", "status", cwd=tmp_path)
     assert status.returncode == 0 and "authorized as admin@" in status.stdout
 

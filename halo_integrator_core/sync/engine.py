@@ -50,7 +50,7 @@ from .mapping import (
     resolve_tenant,
     tenant_columns,
 )
-from .users import UserRules, find_matches
+from .users import UserRules, find_matches, is_external
 
 log = structlog.get_logger(__name__)
 
@@ -789,7 +789,14 @@ class _UserUnit(_EntityUnit):
                         self.tenant_id,
                         object_id,
                         "skipped",
-                        f"no site mapping accepts {user.user_principal_name}: not imported",
+                        f"no site mapping accepts {user.user_principal_name}"
+                        + (
+                            " (a guest: a mapping takes guests only with "
+                            "include_external_users = true)"
+                            if is_external(user)
+                            else ""
+                        )
+                        + ": not imported",
                     )
                 )
                 if row is not None and row.tenant_ref == self.target.tenant_ref:
