@@ -11,6 +11,9 @@ between syncs (the same operations as `World`'s methods).
 | ``POST /_admin/tenants/{t}/users/{id}/disable`` | set ``accountEnabled`` false |
 | ``DELETE /_admin/tenants/{t}/users/{id}[?hard=true]`` | soft-delete (or purge) a user |
 | ``POST /_admin/tenants/{t}/users/{id}/restore`` | restore a soft-deleted user |
+| ``POST /_admin/tenants/{t}/groups`` | add a security group (``{"displayName": ..., "members": [ids]}``) |
+| ``POST /_admin/tenants/{t}/groups/{g}/members`` | ``{"id": member}``: add a user or group to a group |
+| ``DELETE /_admin/tenants/{t}/groups/{g}/members/{member}`` | take a member out of a group |
 | ``POST /_admin/change-users`` | ``{"fraction": 0.01}``: change that share of all users |
 | ``POST /_admin/tenants/{t}/devices``, ``PATCH``/``DELETE .../devices/{id}`` | devices |
 | ``PUT /_admin/tenants/{t}/subscriptions/{id}/quantity`` | ``{"quantity": n}`` |
@@ -130,6 +133,41 @@ def register(emulator: Emulator) -> None:
         if action not in actions:
             return _error(404, f"no action {action!r}: use disable or restore")
         actions[action](tenant, user_id)
+        return Response(status=204)
+
+    @route("/_admin/tenants/<tenant>/groups", endpoint="admin.add_group", methods=("POST",))
+    @guarded
+    def add_group(emu: Emulator, request: Request, tenant: str) -> Response:
+        body = _body(request)
+        name = body.pop("displayName", None)
+        if not isinstance(name, str) or not name:
+            return _error(400, "a group needs a displayName")
+        group = world.add_group(tenant, name, **body)
+        return json_response({"id": group.id, "displayName": group.displayName}, status=201)
+
+    @route(
+        "/_admin/tenants/<tenant>/groups/<group_id>/members",
+        endpoint="admin.add_member",
+        methods=("POST",),
+    )
+    @guarded
+    def add_member(emu: Emulator, request: Request, tenant: str, group_id: str) -> Response:
+        member = _body(request).get("id")
+        if not isinstance(member, str):
+            return _error(400, 'give the member as {"id": "<user or group id>"}')
+        world.add_member(tenant, group_id, member)
+        return Response(status=204)
+
+    @route(
+        "/_admin/tenants/<tenant>/groups/<group_id>/members/<member_id>",
+        endpoint="admin.remove_member",
+        methods=("DELETE",),
+    )
+    @guarded
+    def remove_member(
+        emu: Emulator, request: Request, tenant: str, group_id: str, member_id: str
+    ) -> Response:
+        world.remove_member(tenant, group_id, member_id)
         return Response(status=204)
 
     @route("/_admin/change-users", endpoint="admin.change_users", methods=("POST",))

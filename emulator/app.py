@@ -195,7 +195,9 @@ class Fault:
     Retry-After, in the API's own body), ``unavailable`` (503), ``slow`` (sleep ``delay``
     seconds, then answer), ``drop`` (close the connection mid-response), ``forbidden``
     (Partner Center's lapsed reseller relationship), ``denied`` (Graph's
-    Authorization_RequestDenied), or an AADSTS code for the token endpoint
+    Authorization_RequestDenied), ``sync_state_not_found`` (a delta token refused with 400
+    rather than the emulator's usual 410: delta-query-overview.md allows "a 40X-series error
+    with error codes such as syncStateNotFound"), or an AADSTS code for the token endpoint
     (``aadsts7000229``, ``aadsts700016``, ``aadsts7000222``, ``aadsts7000215``,
     ``aadsts50011``, ``aadsts65001``, ``invalid_client``).
     """
@@ -271,7 +273,16 @@ class Emulator:
     def inject(self, kind: str, **options: Any) -> Fault:
         from .login import FAULT_KINDS
 
-        known = {"throttle", "unavailable", "slow", "drop", "forbidden", "denied", *FAULT_KINDS}
+        known = {
+            "throttle",
+            "unavailable",
+            "slow",
+            "drop",
+            "forbidden",
+            "denied",
+            "sync_state_not_found",
+            *FAULT_KINDS,
+        }
         if kind.lower() not in known:
             raise ValueError(f"unknown fault kind {kind!r}: use one of {', '.join(sorted(known))}")
         fault = Fault(kind=kind, **options)
@@ -399,6 +410,14 @@ class Emulator:
                 403,
                 "Authorization_RequestDenied",
                 "Insufficient privileges to complete the operation.",
+            )
+        if kind == "sync_state_not_found":
+            # errors.md's description of the code; the status is the "40X" the overview allows.
+            return graph_error(
+                400,
+                "syncStateNotFound",
+                "The sync state generation is not found. The delta token is expired and data "
+                "must be synchronized again.",
             )
         from .login import fault_token_error
 

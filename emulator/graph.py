@@ -298,31 +298,59 @@ def _context(
     return context + ("/$entity" if entity else "")
 
 
-#: ``prop eq literal`` clauses joined by ``and`` (what the collections here support).
-_CLAUSE = re.compile(
-    r"\s*([A-Za-z][\w/]*)\s+eq\s+('(?:[^']|'')*'|true|false|null|[0-9A-Za-z.-]+)\s*", re.IGNORECASE
+#: ``prop eq literal`` and ``prop in (literal, ...)`` clauses joined by ``and`` (what the
+#: collections here support; user.md and group.md list ``in`` for id and most string keys).
+_LITERAL = r"'(?:[^']|'')*'|true|false|null|[0-9A-Za-z.-]+"
+_CLAUSE = re.compile(rf"\s*([A-Za-z][\w/]*)\s+eq\s+({_LITERAL})\s*", re.IGNORECASE)
+_IN_CLAUSE = re.compile(
+    rf"\s*([A-Za-z][\w/]*)\s+in\s+\(\s*((?:{_LITERAL})(?:\s*,\s*(?:{_LITERAL}))*)\s*\)\s*",
+    re.IGNORECASE,
 )
+_LITERALS = re.compile(_LITERAL, re.IGNORECASE)
 _AND = re.compile(r"and\b", re.IGNORECASE)
+#: "Too many child clauses specified in search filter expression containing 'OR' operators:
+#: 16. Max allowed: 15." is the live answer to an ``in`` list of 16 values without advanced
+#: queries (microsoftgraph/microsoft-graph-docs#21098; the docs name no limit).
+IN_VALUES_MAX = 15
+
+
+class _AnyOf(tuple):
+    """The values of an ``in (...)`` clause."""
+
+
+def _literal(text: str) -> Any:
+    if text.startswith("'"):
+        return text[1:-1].replace("''", "'")
+    return {"true": True, "false": False, "null": None}.get(text.lower(), text)
 
 
 def _parse_filter(text: str, resource: str) -> list[tuple[str, Any]]:
+    """``(name, value)`` per clause; an ``in`` clause's value is an `_AnyOf`."""
     clauses: list[tuple[str, Any]] = []
     position = 0
     while True:
         match = _CLAUSE.match(text, position)
-        if match is None:
-            word = text[position:].strip().split("(")[0].split(" ")[0] or text
-            raise GraphFailure(
-                400,
-                "Request_UnsupportedQuery",
-                f"Unsupported or invalid query filter clause specified for property '{word}' of resource '{resource}'.",
-            )
-        name, literal = match.group(1), match.group(2)
-        if literal.startswith("'"):
-            value: Any = literal[1:-1].replace("''", "'")
+        value: Any
+        if match is not None:
+            value = _literal(match.group(2))
         else:
-            value = {"true": True, "false": False, "null": None}.get(literal.lower(), literal)
-        clauses.append((name, value))
+            match = _IN_CLAUSE.match(text, position)
+            if match is None:
+                word = text[position:].strip().split("(")[0].split(" ")[0] or text
+                raise GraphFailure(
+                    400,
+                    "Request_UnsupportedQuery",
+                    f"Unsupported or invalid query filter clause specified for property '{word}' of resource '{resource}'.",
+                )
+            value = _AnyOf(_literal(v) for v in _LITERALS.findall(match.group(2)))
+            if len(value) > IN_VALUES_MAX:
+                raise GraphFailure(
+                    400,
+                    "Request_UnsupportedQuery",
+                    "Too many child clauses specified in search filter expression containing "
+                    f"'OR' operators: {len(value)}. Max allowed: {IN_VALUES_MAX}.",
+                )
+        clauses.append((match.group(1), value))
         position = match.end()
         if position >= len(text):
             return clauses
@@ -334,6 +362,21 @@ def _parse_filter(text: str, resource: str) -> list[tuple[str, Any]]:
                 f"Invalid filter clause: syntax error at position {position} in '{text}'.",
             )
         position = following.end()
+
+
+def _folded(value: Any) -> Any:
+    """A filter value compared case-insensitively, as the directory compares strings."""
+    if isinstance(value, _AnyOf):
+        return frozenset(_folded(v) for v in value)
+    return value.lower() if isinstance(value, str) else value
+
+
+def _satisfies(actual: Any, expected: Any) -> bool:
+    """Whether a property value meets a folded ``eq`` or ``in`` value."""
+    actual = actual.lower() if isinstance(actual, str) else actual
+    if isinstance(expected, frozenset):
+        return actual in expected
+    return actual == expected
 
 
 def _predicate(
@@ -356,18 +399,10 @@ def _predicate(
                 "Request_UnsupportedQuery",
                 f"Unsupported or invalid query filter clause specified for property '{name}' of resource '{resource}'.",
             )
-        tests.append(
-            (properties.getters[canonical], value.lower() if isinstance(value, str) else value)
-        )
+        tests.append((properties.getters[canonical], _folded(value)))
 
     def matches(obj: Any) -> bool:
-        for getter, expected in tests:
-            actual = getter(obj, context)
-            if isinstance(actual, str):
-                actual = actual.lower()
-            if actual != expected:
-                return False
-        return True
+        return all(_satisfies(getter(obj, context), expected) for getter, expected in tests)
 
     return matches
 
@@ -1376,7 +1411,7 @@ def _delta_expired(emu: Emulator, kind: _DeltaKind, state: dict[str, Any] | None
 
 def delta(emu: Emulator, request: Request, kind: _DeltaKind) -> Response:
     """One page of a delta round (user-delta.md, group-delta.md, delta-query-overview.md)."""
-    token, customer = _customer(emu, request, kind.permissions)
+    _token, customer = _customer(emu, request, kind.permissions)
     options = _options(request)
     for option in ("$top", "$expand", "$orderby"):
         if option in options:
@@ -1429,7 +1464,13 @@ def delta(emu: Emulator, request: Request, kind: _DeltaKind) -> Response:
                 "f": _delta_filter(options.get("$filter"), kind.table.type_name.rsplit(".", 1)[-1]),
             }
         if "signInActivity" in (state.get("s") or ()):
-            _check_sign_in(emu, token, customer)
+            # Not in user-delta.md; the live service's answer (microsoft-graph-explorer-v4#3189).
+            raise GraphFailure(
+                400,
+                "BadRequest",
+                "Invalid request for delta query: for this entity set, $expand/$select is not "
+                "supported for the following properties: signInActivity",
+            )
         if state["p"] == "init":
             return _initial_page(emu, kind, customer, state)
         return _changes_page(emu, kind, customer, state)
@@ -1472,22 +1513,20 @@ def _changes_page(
     offset = state.get("o") if isinstance(state.get("o"), int) else 0
     changes = customer.changes
     changed: dict[str, None] = {}
-    lost_members: dict[str, list[str]] = {}
-    pending_groups: list[str] = []
     for seq, what, object_id in changes[bisect_right(changes, since, key=itemgetter(0)) :]:
         if seq > upto:
             break
         if what == kind.kind:
             changed.setdefault(object_id, None)
-        if what == "group":
-            pending_groups.append(object_id)
-        elif what == "user":
-            # World._remove_user logs each group it took the user out of, then the user.
-            user = customer.users.get(object_id)
-            if kind.kind == "group" and user is not None and user.removed is not None:
-                for group_id in pending_groups:
-                    lost_members.setdefault(group_id, []).append(object_id)
-            pending_groups = []
+    # "members@delta contains any changes to membership" (delta-query-groups.md): the
+    # members added or taken out in this round, not the whole list.
+    member_changes: dict[str, dict[str, None]] = {}
+    if kind.kind == "group":
+        log = customer.member_changes
+        for seq, group_id, member_id in log[bisect_right(log, since, key=itemgetter(0)) :]:
+            if seq > upto:
+                break
+            member_changes.setdefault(group_id, {}).setdefault(member_id, None)
     only = set(state["f"]) if state.get("f") else None
     ids = [i for i in changed if only is None or i.lower() in only]
     items = kind.items(customer)
@@ -1500,7 +1539,9 @@ def _changes_page(
         if obj.removed is not None:
             values.append({"id": object_id, "@removed": {"reason": obj.removed}})
         else:
-            values.append(_delta_item(kind, customer, obj, state, lost_members.get(object_id)))
+            values.append(
+                _delta_item(kind, customer, obj, state, list(member_changes.get(object_id, ())))
+            )
     if offset + DELTA_PAGE < len(ids):
         return _delta_page(
             emu, kind, {**state, "h": upto, "o": offset + DELTA_PAGE}, values, more=True
@@ -1510,31 +1551,37 @@ def _changes_page(
 
 
 def _delta_item(
-    kind: _DeltaKind, customer: Customer, obj: Any, state: dict[str, Any], lost: list[str] | None
+    kind: _DeltaKind,
+    customer: Customer,
+    obj: Any,
+    state: dict[str, Any],
+    changed_members: list[str] | None,
 ) -> dict[str, Any]:
+    """One object of a round; a group's ``members@delta`` lists every member in the initial
+    listing and, in later rounds (``changed_members`` given), the members added or removed."""
     selected = state.get("s") or list(kind.default)
     properties = [p for p in selected if p != "members"]
     body = _render(obj, properties, kind.table, customer)
     if kind.kind == "group" and (state.get("s") is None or "members" in selected):
         members = []
-        for member in obj.members:
-            user = customer.users.get(member)
-            if user is not None:
-                if user.removed is None:
-                    members.append({"@odata.type": "#microsoft.graph.user", "id": member})
-            elif member in customer.groups:
-                members.append({"@odata.type": "#microsoft.graph.group", "id": member})
         current = set(obj.members)
-        for member in lost or ():
-            if member not in current:
-                members.append(
-                    {
-                        "@odata.type": "#microsoft.graph.user",
-                        "id": member,
-                        "@removed": {"reason": "deleted"},
-                    }
-                )
-        body["members@delta"] = members
+        for member in obj.members if changed_members is None else changed_members:
+            user = customer.users.get(member)
+            entry = {
+                "@odata.type": "#microsoft.graph.user"
+                if user is not None
+                else "#microsoft.graph.group",
+                "id": member,
+            }
+            gone = member not in current or (user is not None and user.removed is not None)
+            if gone:
+                if changed_members is None:
+                    continue
+                # "either by removing the membership or by deleting the user object itself"
+                entry["@removed"] = {"reason": "deleted"}
+            members.append(entry)
+        if members or changed_members is None:
+            body["members@delta"] = members
     return body
 
 
@@ -1980,15 +2027,14 @@ def _dict_filter(
                 f"Invalid filter clause: could not find a property named '{name}' on type '{properties.type_name}'.",
             )
 
+    folded = [(name, _folded(expected)) for name, expected in clauses]
+
     def matches(item: dict[str, Any]) -> bool:
-        for name, expected in clauses:
+        for name, expected in folded:
             value: Any = item
             for part in name.split("/"):
                 value = value.get(part) if isinstance(value, dict) else None
-            if isinstance(value, str) and isinstance(expected, str):
-                if value.lower() != expected.lower():
-                    return False
-            elif value != expected:
+            if not _satisfies(value, expected):
                 return False
         return True
 

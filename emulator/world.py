@@ -402,6 +402,10 @@ class Customer:
     relationship_id: str = ""
     #: (sequence number, kind, object id) of every user/group change, for delta queries.
     changes: list[tuple[int, str, str]] = attrs.field(factory=list)
+    #: (sequence number, group id, member id) of every membership change; each has its
+    #: ("group", group id) entry in `changes` with the same sequence number. A group's delta
+    #: round lists these members, added or ``@removed`` (delta-query-groups.md).
+    member_changes: list[tuple[int, str, str]] = attrs.field(factory=list)
     #: Bumped to expire every delta token of this tenant (Graph keeps them 7 days).
     delta_epoch: int = 0
 
@@ -470,6 +474,11 @@ class World:
     def _log(self, customer: Customer, kind: str, object_id: str) -> None:
         customer.changes.append((self.next_sequence(), kind, object_id))
 
+    def _log_member(self, customer: Customer, group_id: str, member_id: str) -> None:
+        sequence = self.next_sequence()
+        customer.changes.append((sequence, "group", group_id))
+        customer.member_changes.append((sequence, group_id, member_id))
+
     def add_user(self, tenant_id: str, **fields: Any) -> User:
         with self.lock:
             customer = self.customer(tenant_id)
@@ -505,7 +514,7 @@ class World:
             for group in customer.groups.values():
                 if user_id in group.members:
                     group.members.remove(user_id)
-                    self._log(customer, "group", group.id)
+                    self._log_member(customer, group.id, user_id)
             self._log(customer, "user", user_id)
 
     def restore_user(self, tenant_id: str, user_id: str) -> User:
@@ -517,6 +526,52 @@ class World:
             user.removed = None
             self._log(customer, "user", user_id)
             return user
+
+    def add_group(
+        self, tenant_id: str, display_name: str, members: list[str] | None = None, **fields: Any
+    ) -> Group:
+        """A new security group (with its members, each logged as added)."""
+        with self.lock:
+            customer = self.customer(tenant_id)
+            group = Group(
+                id=self.new_id(),
+                displayName=display_name,
+                mail=fields.pop("mail", None),
+                securityEnabled=fields.pop("securityEnabled", True),
+            )
+            for name, value in fields.items():
+                if not hasattr(group, name):
+                    raise AttributeError(f"groups have no property {name!r}")
+                setattr(group, name, value)
+            customer.groups[group.id] = group
+            self._log(customer, "group", group.id)
+            for member in members or ():
+                self.add_member(tenant_id, group.id, member)
+            return group
+
+    def add_member(self, tenant_id: str, group_id: str, member_id: str) -> Group:
+        """Put a user or a group into ``group_id`` (a group inside a group nests it)."""
+        with self.lock:
+            customer = self.customer(tenant_id)
+            group = customer.groups[group_id]
+            if member_id not in customer.users and member_id not in customer.groups:
+                raise KeyError(member_id)
+            if member_id == group_id:
+                raise ValueError("a group cannot be a member of itself")
+            if member_id not in group.members:
+                group.members.append(member_id)
+                self._log_member(customer, group_id, member_id)
+            return group
+
+    def remove_member(self, tenant_id: str, group_id: str, member_id: str) -> Group:
+        with self.lock:
+            customer = self.customer(tenant_id)
+            group = customer.groups[group_id]
+            if member_id not in group.members:
+                raise KeyError(member_id)
+            group.members.remove(member_id)
+            self._log_member(customer, group_id, member_id)
+            return group
 
     def change_users(self, fraction: float) -> list[str]:
         """Change the job title of ``fraction`` of all live users (for delta benchmarks)."""

@@ -4,6 +4,7 @@ Guide sections 4 and 5. Tenants are the union of the partner's reseller customer
 Center, in "GDAP and DAP" mode) and its delegated admin relationships (Graph), each with
 its access state; licences are the customer directory's subscribed SKUs (Graph, through the
 GDAP app); subscriptions are the partner's Partner Center subscriptions of the customer.
+Users live in `users`, which uses this module's session and Graph headers.
 """
 
 from __future__ import annotations
@@ -17,18 +18,16 @@ import structlog
 
 from halo_integrator_core import (
     Checkpoint,
-    DirectoryUser,
     Licence,
     ModuleContext,
     RecordError,
-    Removed,
     SkipTenant,
     Subscription,
     Tenant,
     TenantAccess,
 )
 from halo_integrator_core.config import ValueProblem
-from halo_integrator_core.errors import Gone, HttpError
+from halo_integrator_core.errors import HttpError
 from halo_integrator_core.http import HttpClient
 from halo_integrator_core.paging import odata_pages, partner_center_pages
 from halo_integrator_core.translation import translate
@@ -39,7 +38,6 @@ from .delegated import DelegatedTokens
 from .errors import ApplicationNotFound, ConsentMissing, MicrosoftAuthError, call_error
 from .payloads import (
     DelegatedAdminRelationship,
-    GraphUser,
     PartnerCenterCustomer,
     PartnerCenterSubscription,
     SubscribedSku,
@@ -425,95 +423,3 @@ def _subscription(payload: PartnerCenterSubscription) -> Subscription:
             "orderId": payload.order_id,
         },
     )
-
-
-# --- users ---------------------------------------------------------------------------------
-
-#: What a delta round asks for: what the PSA's user fields and licences need, no more.
-USER_SELECT = (
-    "id,userPrincipalName,displayName,givenName,surname,mail,jobTitle,department,"
-    "officeLocation,businessPhones,mobilePhone,employeeId,accountEnabled,userType,"
-    "usageLocation,assignedLicenses"
-)
-
-
-def fetch_users(context: ModuleContext, tenant: Tenant, bookmark: str | None) -> Iterator[Any]:
-    """The tenant's users through Graph's delta query: a full round first, then changes.
-
-    The bookmark is the round's ``@odata.deltaLink``, relative to the Graph endpoint. A link
-    Graph no longer knows
-    (tokens last about a week; 410 ``syncStateNotFound``) starts a full round again.
-    """
-    csp = session(context)
-    connection = csp.connection_of(tenant)
-    headers = _customer_graph_headers(csp, connection, tenant)
-    app = csp.clients(connection).gdap.app_name
-    if bookmark:
-        try:
-            with _explained("graph", tenant.tenant_id, app):
-                yield from _delta_round(
-                    csp, _absolute(csp, bookmark), None, headers, complete=False
-                )
-            return
-        except Gone:
-            log.info("csp.users_delta_expired", tenant=tenant.tenant_id)
-    with _explained("graph", tenant.tenant_id, app):
-        yield from _delta_round(
-            csp,
-            csp.url("graph", "/v1.0/users/delta"),
-            {"$select": USER_SELECT},
-            headers,
-            complete=True,
-        )
-
-
-def _delta_round(
-    csp: CspSession,
-    url: str,
-    params: dict[str, str] | None,
-    headers: dict[str, str],
-    *,
-    complete: bool,
-) -> Iterator[Any]:
-    delta_link = None
-    for page in odata_pages(csp.http, url, params=params, headers=headers):
-        for item in page.items:
-            if isinstance(item, dict) and "@removed" in item:
-                reason = (item.get("@removed") or {}).get("reason", "deleted")
-                yield Removed(entity_id=str(item.get("id")), reason=reason)
-                continue
-            user = translate(item, GraphUser)
-            if isinstance(user, RecordError):
-                yield user
-                continue
-            yield DirectoryUser(
-                object_id=user.id,
-                user_principal_name=user.user_principal_name,
-                display_name=user.display_name,
-                given_name=user.given_name,
-                surname=user.surname,
-                mail=user.mail,
-                job_title=user.job_title,
-                department=user.department,
-                office_location=user.office_location,
-                business_phones=tuple(user.business_phones),
-                mobile_phone=user.mobile_phone,
-                employee_id=user.employee_id,
-                account_enabled=user.account_enabled,
-                user_type=user.user_type,
-                assigned_sku_ids=tuple(licence.sku_id for licence in user.assigned_licenses),
-                attributes={"usageLocation": user.usage_location},
-            )
-        delta_link = page.delta_link or delta_link
-    yield Checkpoint(bookmark=_relative(csp, delta_link), complete=complete)
-
-
-def _relative(csp: CspSession, link: str | None) -> str | None:
-    """A delta link kept relative to the Graph endpoint, so a changed endpoint setting (a
-    sovereign cloud, the emulator on another port) does not strand the stored bookmarks."""
-    base = csp.endpoints.url("graph").rstrip("/")
-    return link[len(base) :] if link and link.startswith(base + "/") else link
-
-
-def _absolute(csp: CspSession, link: str) -> str:
-    return csp.endpoints.url("graph").rstrip("/") + link if link.startswith("/") else link

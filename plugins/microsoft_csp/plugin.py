@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from halo_integrator_core import ModuleContext, ModuleSpec, Tenant, hookimpl
+from halo_integrator_core import ModuleContext, ModuleSpec, Tenant, UserQuery, hookimpl
 
-from . import directory
+from . import directory, users
 from .settings import MicrosoftCspSettings
 
 MODULE = ModuleSpec(
@@ -35,8 +35,10 @@ def fetch_licences(context: ModuleContext, tenant: Tenant, bookmark: str | None)
 
 
 @hookimpl
-def fetch_users(context: ModuleContext, tenant: Tenant, bookmark: str | None) -> Iterator[Any]:
-    return directory.fetch_users(context, tenant, bookmark)
+def fetch_users(
+    context: ModuleContext, tenant: Tenant, bookmark: str | None, query: UserQuery
+) -> Iterator[Any]:
+    return users.fetch_users(context, tenant, bookmark, query)
 
 
 @hookimpl
