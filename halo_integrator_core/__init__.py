@@ -12,6 +12,7 @@ from .context import ModuleContext
 from .hookspecs import PROJECT_NAME
 from .models import (
     LATEST_BOOKMARK,
+    AssetQuery,
     Checkpoint,
     DirectoryUser,
     EntityKind,
@@ -36,6 +37,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 __all__ = [
     "LATEST_BOOKMARK",
+    "AssetQuery",
     "Checkpoint",
     "DirectoryUser",
     "EntityKind",

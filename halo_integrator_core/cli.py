@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import attrs
 import click
+import sqlalchemy as sa
 import structlog
 import tomlkit
 
@@ -26,9 +27,11 @@ from .config import Config, ConfigError, find_config, load_config
 from .config_edit import write_atomically
 from .export import EXPORTS, write_export
 from .logging import configure_logging
-from .plugins import PluginHost, entry_point_names
-from .store import Store, StoreError
+from .plugins import ActiveModule, PluginHost, entry_point_names
+from .store import Store, StoreError, schema
+from .sync.bookmarks import reset_user_deltas, tenant_key
 from .sync.engine import Change, Reporter, RunResult, SyncEngine, SyncError
+from .sync.mapping import MAIN_SITE
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -148,10 +151,12 @@ def config_group() -> None:
 def config_check(app: App) -> None:
     """Validate the configuration file, module settings and secret references."""
     problems: list[str] = []
+    loaded = True
     try:
         config = load_config(app.config_path)
     except ConfigError as exc:
         problems.extend(exc.problems)
+        loaded = False
         # Report the modules' own problems too, so one check shows everything.
         config = config_module.load_modules_only(app.config_path)
         if config is None:
@@ -168,10 +173,89 @@ def config_check(app: App) -> None:
         for name, module in modules.items()
         for problem in config_module.check_secrets(module.settings, f"modules.{name}")
     )
+    if loaded:
+        warnings = list(config_module.site_mapping_warnings(config))
+        store_problems, store_warnings, note = _site_mapping_checks(config)
+        problems.extend(store_problems)
+        for warning in [*warnings, *store_warnings]:
+            click.echo(f"warning: {warning}", err=True)
+        if note:
+            click.echo(f"note: {note}", err=True)
     if problems:
         fail_config(ConfigError(problems, source=app.config_path))
     enabled = ", ".join(sorted(modules)) or "none"
     click.echo(f"{config.source}: configuration OK (enabled modules: {enabled})")
+
+
+def _site_mapping_checks(config: Config) -> tuple[list[str], list[str], str | None]:
+    """(problems, warnings, note) of the site mappings that name a site, against the store.
+
+    Only a store a run has made already is read (none is created); a customer no sync has
+    brought in yet is a warning, since the first sync creates it with its main site.
+    """
+    checked = [
+        (index, mapping)
+        for index, mapping in enumerate(config.site_mappings)
+        if mapping.type is config_module.SiteMappingType.SITE and not mapping.create_site
+    ]
+    if not checked:
+        return [], [], None
+    customers, sites = schema.customers, schema.sites
+    try:
+        store = Store.open_existing(config.store_url)
+    except StoreError as exc:
+        return [], [], f"site mappings not checked against the store: {exc}"
+    if store is None:
+        return [], [], None
+    try:
+        with store.read() as connection:
+            ids = dict(
+                connection.execute(
+                    sa.select(customers.c.name, customers.c.id).where(
+                        customers.c.name.in_({mapping.customer for _, mapping in checked})
+                    )
+                ).all()
+            )
+            names: dict[int, list[str]] = {}
+            for row in connection.execute(
+                sa.select(sites.c.customer_id, sites.c.name)
+                .where(sites.c.customer_id.in_(list(ids.values())))
+                .order_by(sites.c.customer_id, sites.c.is_main.desc(), sites.c.name)
+            ):
+                names.setdefault(row.customer_id, []).append(row.name)
+    except sa.exc.SQLAlchemyError as exc:
+        reason = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        return (
+            [],
+            [],
+            f"site mappings not checked against the store at {store.describe()}: {reason}",
+        )
+    finally:
+        store.close()
+    problems, warnings = [], []
+    for index, mapping in checked:
+        site = mapping.site or MAIN_SITE
+        customer_id = ids.get(mapping.customer)
+        if customer_id is None:
+            then = (
+                ""
+                if site.lower() == MAIN_SITE.lower()
+                else f", with only its {MAIN_SITE} site: create site {site!r} in the PSA, or "
+                "set create_site = true"
+            )
+            warnings.append(
+                f"site_mappings[{index}].customer: customer {mapping.customer!r} is not in the "
+                f"store yet; the first sync creates it{then}"
+            )
+            continue
+        known = names.get(customer_id, [])
+        if site.lower() not in {name.lower() for name in known}:
+            problems.append(
+                f"site_mappings[{index}].site: customer {mapping.customer!r} has no site "
+                f"{site!r} (its sites: {', '.join(known) or 'none'}); name one of them, or set "
+                "create_site = true"
+            )
+    return problems, warnings, None
 
 
 @config_group.command("show")
@@ -363,10 +447,20 @@ class TerminalReporter(Reporter):
     help="Only these entity kinds (tenants, licences, subscriptions, users, assets); repeatable or comma-separated.",
 )
 @click.option("--tenant", help="Only this tenant (ID or default domain).")
+@click.option(
+    "--site",
+    metavar="CUSTOMER/SITE",
+    help="Only the users and assets placed at this site (the guide's per-site import).",
+)
 @click.option("--dry-run", is_flag=True, help="Compute and print the changes; write nothing.")
 @click.pass_obj
 def sync(
-    app: App, module: str | None, only: tuple[str, ...], tenant: str | None, dry_run: bool
+    app: App,
+    module: str | None,
+    only: tuple[str, ...],
+    tenant: str | None,
+    site: str | None,
+    dry_run: bool,
 ) -> None:
     """Run the enabled modules once and print a summary."""
     config = app.config()
@@ -375,7 +469,9 @@ def sync(
     kinds = [kind.strip() for value in only for kind in value.split(",") if kind.strip()]
     try:
         engine = SyncEngine(store, config, host, reporter=TerminalReporter(dry_run=dry_run))
-        results = engine.run(module=module, only=kinds or None, tenant=tenant, dry_run=dry_run)
+        results = engine.run(
+            module=module, only=kinds or None, tenant=tenant, site=site, dry_run=dry_run
+        )
     except ConfigError as exc:
         fail_config(exc)
     except SyncError as exc:
@@ -421,6 +517,162 @@ def _print_summary(result: RunResult) -> None:
         click.echo(
             f"  … and {result.problem_total - 20} more (`halo-integrator export --what runs`, and the log)"
         )
+
+
+# --- delta reset -------------------------------------------------------------------------
+
+#: The guide's caution about "Get Latest Changes" (8.2.1).
+LATEST_WARNING = (
+    "warning: changes made in the directory between the last sync and the next one will not "
+    "be imported: the next run fetches only what changes from then on (guide 8.2.1); "
+    "`halo-integrator deltas reset --now` lists everyone again"
+)
+
+
+@cli.group("deltas")
+def deltas_group() -> None:
+    """Reset the users delta links of incremental syncs (guide 8.2)."""
+
+
+@deltas_group.command("reset")
+@click.option("--module", help="Only this module (default: every enabled module importing users).")
+@click.option("--tenant", help="Only this stored tenant (ID or default domain).")
+@click.option(
+    "--now", is_flag=True, help="Reset now: forget the delta links; the next run lists every user."
+)
+@click.option(
+    "--latest",
+    is_flag=True,
+    help="Get latest changes: the next run fetches only what changes from then on "
+    "(changes in between are never imported).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be reset; change nothing.")
+@click.pass_obj
+def deltas_reset(
+    app: App, module: str | None, tenant: str | None, now: bool, latest: bool, dry_run: bool
+) -> None:
+    """Reset the users delta links: the next run lists everyone (--now) or skips to now
+    (--latest)."""
+    if now == latest:
+        raise click.UsageError(
+            "give exactly one of --now (the next run lists every user) or --latest (the next "
+            "run fetches only what changes from then on)"
+        )
+    config = app.config()
+    deltas_on = config.users.use_deltas
+    if latest and not deltas_on:
+        raise click.UsageError(
+            "--latest skips ahead in the delta links, but [users] use_deltas is off: every run "
+            "is already a full listing, so there is nothing to skip. Turn use_deltas on "
+            '(with integrator.track = "beta") to sync by deltas'
+        )
+    host = app.host()
+    try:
+        modules = host.active_modules()
+    except ConfigError as exc:
+        fail_config(exc)
+    names = _user_modules(host, modules, module)
+    if not names:
+        click.echo("no enabled module imports users: there are no delta links to reset")
+        return
+    try:
+        store = Store.open_existing(config.store_url)
+    except StoreError as exc:
+        click.echo(f"error: {exc}\nfix: check [store] url in {app.config_path}", err=True)
+        sys.exit(EXIT_USAGE)
+    if store is None:
+        if tenant:
+            raise click.UsageError(
+                f"--tenant {tenant!r}: no tenants are stored yet (nothing synced)"
+            )
+        click.echo("nothing to reset: nothing has been synced yet")
+        return
+    try:
+        store.migrate()
+        keys = _tenant_keys(store, names, tenant) if tenant else {}
+        reset: dict[str, list[str]] = {}
+        with store.dry_run() if dry_run else contextlib.nullcontext(), store.unit() as connection:
+            for name in names:
+                reset[name] = reset_user_deltas(
+                    connection,
+                    name,
+                    latest=latest,
+                    tenant_keys=keys.get(name, []) if tenant else None,
+                )
+    except StoreError as exc:
+        click.echo(f"error: {exc}\nfix: check [store] url in {app.config_path}", err=True)
+        sys.exit(EXIT_USAGE)
+    finally:
+        store.close()
+    which = f" of tenant {tenant}" if tenant else ""
+    for name in names:
+        count = len(reset[name])
+        tenants = f"{count} tenant{'s' if count != 1 else ''}"
+        if not count:
+            why = (
+                "every run is a full listing while [users] use_deltas is off"
+                if not deltas_on
+                else "a tenant without one lists everyone at its next run"
+            )
+            click.echo(f"{name}: nothing to reset: no users delta link is stored{which} ({why})")
+        elif latest:
+            verb = "would set" if dry_run else "set"
+            click.echo(
+                f"{name}: {verb} the users delta links of {tenants} to the latest changes: "
+                "the next run fetches only what changes from then on"
+            )
+        else:
+            verb = "would reset" if dry_run else "reset"
+            click.echo(
+                f"{name}: {verb} the users delta links of {tenants}: the next run lists "
+                "all their users"
+            )
+    if latest and any(reset.values()):
+        click.echo(LATEST_WARNING, err=True)
+    if dry_run:
+        click.echo("(dry run: nothing changed)")
+
+
+def _user_modules(
+    host: PluginHost, modules: dict[str, ActiveModule], module: str | None
+) -> list[str]:
+    """The enabled modules whose plugin imports users, or ``module`` if it is one."""
+    if module is None:
+        return [name for name in sorted(modules) if host.implements(name, "fetch_users")]
+    if module not in modules:
+        enabled = ", ".join(sorted(modules)) or "none"
+        raise click.UsageError(f"module {module!r} is not enabled (enabled modules: {enabled})")
+    if not host.implements(module, "fetch_users"):
+        raise click.UsageError(
+            f"module {module!r} imports no users (its plugin implements no fetch_users): it "
+            "has no delta links to reset"
+        )
+    return [module]
+
+
+def _tenant_keys(store: Store, modules: list[str], value: str) -> dict[str, list[str]]:
+    """The bookmark keys, per module, of the stored tenant with ``value`` as ID or domain."""
+    table = schema.tenants
+    wanted = value.strip().lower()
+    with store.read() as connection:
+        rows = connection.execute(
+            sa.select(table.c.module, table.c.connection, table.c.tenant_id).where(
+                table.c.module.in_(modules),
+                sa.or_(
+                    sa.func.lower(table.c.tenant_id) == wanted,
+                    sa.func.lower(table.c.default_domain) == wanted,
+                ),
+            )
+        ).all()
+    if not rows:
+        raise click.UsageError(
+            f"--tenant {value!r}: no stored tenant of {', '.join(modules)} has that ID or "
+            "default domain (`halo-integrator export --what tenants` lists them)"
+        )
+    keys: dict[str, list[str]] = {}
+    for row in rows:
+        keys.setdefault(row.module, []).append(tenant_key(row.connection, row.tenant_id))
+    return keys
 
 
 # --- export ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import enum
 import os
+import re
 import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -473,6 +474,173 @@ class UserSettings:
         return {field: source for field, source in merged.items() if source}
 
 
+# --- asset import rules (guide 7) --------------------------------------------------------
+
+#: Intune managed-device properties rules and field mappings may read, by their Microsoft
+#: names (microsoftgraph/microsoft-graph-docs-contrib, api-reference/v1.0/resources/
+#: intune-devices-manageddevice.md).
+DEVICE_PROPERTIES = frozenset(
+    {
+        "id", "userId", "deviceName", "managedDeviceOwnerType", "enrolledDateTime",
+        "lastSyncDateTime", "operatingSystem", "complianceState", "jailBroken",
+        "managementAgent", "osVersion", "easActivated", "easDeviceId", "easActivationDateTime",
+        "azureADRegistered", "deviceEnrollmentType", "activationLockBypassCode",
+        "emailAddress", "azureADDeviceId", "deviceRegistrationState",
+        "deviceCategoryDisplayName", "isSupervised", "exchangeLastSuccessfulSyncDateTime",
+        "exchangeAccessState", "exchangeAccessStateReason", "remoteAssistanceSessionUrl",
+        "remoteAssistanceSessionErrorDetails", "isEncrypted", "userPrincipalName", "model",
+        "manufacturer", "imei", "complianceGracePeriodExpirationDateTime", "serialNumber",
+        "phoneNumber", "androidSecurityPatchLevel", "userDisplayName",
+        "configurationManagerClientEnabledFeatures", "wiFiMacAddress", "deviceHealthAttestationState",
+        "subscriberCarrier", "meid", "totalStorageSpaceInBytes", "freeStorageSpaceInBytes",
+        "managedDeviceName", "partnerReportedThreatState", "requireUserEnrollmentApproval",
+        "managementCertificateExpirationDate", "iccid", "udid", "notes", "ethernetMacAddress",
+        "physicalMemoryInBytes", "enrollmentProfileName", "deviceType",
+    }
+)  # fmt: skip
+
+#: The PSA asset fields a device field mapping may set (the Intune device ID is the
+#: asset's ``external_id`` always).
+PSA_ASSET_FIELDS = (
+    "device_name", "serial_number", "manufacturer", "model", "operating_system",
+    "os_version", "compliance_state", "last_sync_at", "enrolled_at", "imei", "wifi_mac",
+    "azure_ad_device_id", "management_agent",
+)  # fmt: skip
+
+#: The documented default device field mappings: PSA asset field ← Intune property.
+DEFAULT_ASSET_FIELDS: Mapping[str, str] = {
+    "device_name": "deviceName",
+    "serial_number": "serialNumber",
+    "manufacturer": "manufacturer",
+    "model": "model",
+    "operating_system": "operatingSystem",
+    "os_version": "osVersion",
+    "compliance_state": "complianceState",
+    "last_sync_at": "lastSyncDateTime",
+    "enrolled_at": "enrolledDateTime",
+    "imei": "imei",
+    "wifi_mac": "wiFiMacAddress",
+    "azure_ad_device_id": "azureADDeviceId",
+    "management_agent": "managementAgent",
+}
+
+#: Serial numbers vendors ship as placeholders: they never identify a device.
+JUNK_SERIALS = (
+    "System Serial Number", "To Be Filled By O.E.M.", "Default string", "0123456789",
+    "Not Specified", "None", "N/A", "Chassis Serial Number", "Invalid",
+)  # fmt: skip
+
+
+class AssetTypeMethod(enum.StrEnum):
+    """'Asset Types' (guide 7.1)."""
+
+    SINGLE = "single"
+    FIELD = "field"
+    RULES = "rules"
+
+
+class UnmappedTypeValue(enum.StrEnum):
+    """A ``field``-method value with no entry in ``type_values``."""
+
+    #: A type named after the value.
+    CREATE = "create"
+    #: The fallback type (``type``).
+    FALLBACK = "fallback"
+
+
+class UnmatchedDevice(enum.StrEnum):
+    """A device no ``rules``-method rule matches."""
+
+    FALLBACK = "fallback"
+    EXCLUDE = "exclude"
+
+
+class DeviceOperator(enum.StrEnum):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    CONTAINS = "contains"
+    STARTS_WITH = "starts_with"
+    #: A regular expression (Python syntax) searched in the value, ignoring case.
+    MATCHES = "matches"
+
+
+@attrs.frozen(kw_only=True)
+class DeviceCondition:
+    field: str
+    operator: DeviceOperator = DeviceOperator.EQUALS
+    value: str
+
+
+@attrs.frozen(kw_only=True)
+class AssetTypeRule:
+    """``[[assets.type_rules]]``: devices meeting every condition get ``type``."""
+
+    type: str
+    conditions: tuple[DeviceCondition, ...]
+
+
+class AssetUserMatching(enum.StrEnum):
+    """'User Matching' (guide 7.2)."""
+
+    #: Match each device's user field to a PSA user during the asset import (recommended).
+    ASSET = "asset"
+    #: Read each user's devices (the older method).
+    USER = "user"
+
+
+class DeviceUserField(enum.StrEnum):
+    USER_PRINCIPAL_NAME = "userPrincipalName"
+    USER_ID = "userId"
+    EMAIL_ADDRESS = "emailAddress"
+
+
+class AssetMatchingField(enum.StrEnum):
+    """The global asset matching field (guide 7.4): how an asset another integration
+    imported is recognised."""
+
+    SERIAL_NUMBER = "serial_number"
+    AZURE_AD_DEVICE_ID = "azure_ad_device_id"
+    DEVICE_NAME = "device_name"
+    #: Match Intune's own assets only (by Intune device ID).
+    NONE = "none"
+
+
+@attrs.frozen(kw_only=True)
+class AssetSettings:
+    """``[assets]``: how Intune managed devices become PSA assets (guide 7)."""
+
+    type_method: AssetTypeMethod = AssetTypeMethod.SINGLE
+    #: The type of every device (``single``), and the fallback type of the other methods.
+    type: str = "Intune Device"
+    type_field: str | None = None
+    #: ``field`` method: field value (ignoring case) → type.
+    type_values: Mapping[str, str] = attrs.field(factory=dict)
+    unmapped_values: UnmappedTypeValue = UnmappedTypeValue.CREATE
+    type_rules: tuple[AssetTypeRule, ...] = ()
+    unmatched: UnmatchedDevice = UnmatchedDevice.FALLBACK
+    #: Leave the type of assets that already exist as it is.
+    keep_existing_type: bool = False
+    user_matching: AssetUserMatching = AssetUserMatching.ASSET
+    user_field: DeviceUserField = DeviceUserField.USER_PRINCIPAL_NAME
+    #: Where a device with no matched user goes: a site of the tenant's customer (its main
+    #: site when unset); created if missing.
+    default_site: str | None = None
+    #: PSA asset field → Intune property, over the defaults; "" turns a default off.
+    fields: Mapping[str, str] = attrs.field(factory=dict)
+    custom_fields: Mapping[str, str] = attrs.field(factory=dict)
+    matching_field: AssetMatchingField = AssetMatchingField.SERIAL_NUMBER
+    #: More placeholder serials, beside the built-in ones (compared ignoring case).
+    junk_serials: tuple[str, ...] = ()
+    new_status: str = "Active"
+    deleted_status: str = "Deleted"
+    #: Leave out devices managed by Microsoft Defender for Endpoint (Sense).
+    exclude_sense: bool = False
+
+    def field_map(self) -> dict[str, str]:
+        merged = {**DEFAULT_ASSET_FIELDS, **self.fields}
+        return {field: source for field, source in merged.items() if source}
+
+
 @attrs.frozen(kw_only=True)
 class ModuleConfig:
     """``[modules.<name>]``: the host's keys; the rest is the module's own settings."""
@@ -493,6 +661,7 @@ class Config:
     tenant_mappings: tuple[TenantMapping, ...] = ()
     users: UserSettings = UserSettings()
     site_mappings: tuple[SiteMapping, ...] = ()
+    assets: AssetSettings = AssetSettings()
     modules: Mapping[str, ModuleConfig] = attrs.field(factory=dict)
     #: The file this came from; ``None`` when no file exists yet.
     source: Path | None = attrs.field(default=None, eq=False)
@@ -705,7 +874,7 @@ def load_config(path: Path, *, missing_ok: bool = False) -> Config:
         config = structure(data, Config)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source=path) from None
-    problems = [*_mapping_problems(config), *_user_problems(config)]
+    problems = [*_mapping_problems(config), *_user_problems(config), *_asset_problems(config)]
     if problems:
         raise ConfigError(problems, source=path)
     return attrs.evolve(config, source=path.resolve())
@@ -801,7 +970,11 @@ def _user_problems(config: Config) -> Iterator[str]:
         for field in mapping.values:
             if not _is_psa_field(field):
                 yield f"{where}.values.{field}: {_unknown_field(field)}"
-        if customers and mapping.customer not in customers:
+        if (
+            customers
+            and not config.integrator.create_customers_from_tenants
+            and mapping.customer not in customers
+        ):
             close = difflib.get_close_matches(mapping.customer, sorted(customers), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             yield (
@@ -810,20 +983,83 @@ def _user_problems(config: Config) -> Iterator[str]:
             )
 
 
-def site_mapping_warnings(config: Config) -> Iterator[str]:
-    """Mappings of one customer and tenant that share a sequence: file order decides."""
-    seen: dict[tuple[str, str, int], int] = {}
-    for index, mapping in enumerate(config.site_mappings):
-        key = (mapping.customer, str(mapping.tenant_id or ""), mapping.sequence)
-        if key in seen:
+def _unknown_device_property(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(DEVICE_PROPERTIES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{name!r} is not an Intune managed-device property{hint} (see the README's list)"
+
+
+def _asset_problems(config: Config) -> Iterator[str]:
+    """What the asset import rules say that cannot work."""
+    assets = config.assets
+    if assets.type_method is AssetTypeMethod.FIELD:
+        if not assets.type_field:
             yield (
-                f"site_mappings[{index}]: same sequence ({mapping.sequence}) as "
-                f"site_mappings[{seen[key]}] for customer {mapping.customer!r}: the earlier "
-                "one in the file is tried first; give them different sequences to make the "
-                "order explicit"
+                'assets.type_field: type_method = "field" takes the type from a device '
+                'property: name it (type_field = "operatingSystem")'
             )
-        else:
-            seen[key] = index
+        elif assets.type_field not in DEVICE_PROPERTIES:
+            yield f"assets.type_field: {_unknown_device_property(assets.type_field)}"
+    elif assets.type_field or assets.type_values:
+        yield 'assets.type_field, assets.type_values: only for type_method = "field"'
+    if assets.type_method is AssetTypeMethod.RULES and not assets.type_rules:
+        yield 'assets.type_rules: type_method = "rules" needs at least one [[assets.type_rules]]'
+    if assets.type_method is not AssetTypeMethod.RULES and assets.type_rules:
+        yield 'assets.type_rules: only for type_method = "rules"'
+    for index, rule in enumerate(assets.type_rules):
+        if not rule.type.strip():
+            yield f"assets.type_rules[{index}].type: give the asset type's name"
+        if not rule.conditions:
+            yield f"assets.type_rules[{index}].conditions: give at least one condition"
+        for number, condition in enumerate(rule.conditions):
+            at = f"assets.type_rules[{index}].conditions[{number}]"
+            if condition.field not in DEVICE_PROPERTIES:
+                yield f"{at}.field: {_unknown_device_property(condition.field)}"
+            if condition.operator is DeviceOperator.MATCHES:
+                try:
+                    re.compile(condition.value)
+                except re.error as exc:
+                    yield f"{at}.value: not a regular expression: {exc}"
+    if not assets.type.strip():
+        yield "assets.type: give the asset type's name"
+    for field, source in assets.fields.items():
+        if field not in PSA_ASSET_FIELDS:
+            close = difflib.get_close_matches(field, PSA_ASSET_FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            yield (
+                f"assets.fields.{field}: {field!r} is not a PSA asset field ({hint}fields: "
+                f"{', '.join(PSA_ASSET_FIELDS)}; others go in [assets.custom_fields])"
+            )
+        if source and source not in DEVICE_PROPERTIES:
+            yield f"assets.fields.{field}: {_unknown_device_property(source)}"
+    for field, source in assets.custom_fields.items():
+        if source not in DEVICE_PROPERTIES:
+            yield f"assets.custom_fields.{field}: {_unknown_device_property(source)}"
+    if not assets.new_status.strip() or not assets.deleted_status.strip():
+        yield "assets.new_status, assets.deleted_status: give status names"
+
+
+def site_mapping_warnings(config: Config) -> Iterator[str]:
+    """Mappings tried for one tenant that share a sequence: file order decides."""
+    seen: list[tuple[int, SiteMapping]] = []
+    for index, mapping in enumerate(config.site_mappings):
+        for earlier, other in seen:
+            same_tenants = (
+                mapping.tenant_id is None
+                or other.tenant_id is None
+                or mapping.tenant_id == other.tenant_id
+            )
+            if (other.customer, other.sequence) == (mapping.customer, mapping.sequence) and (
+                same_tenants
+            ):
+                yield (
+                    f"site_mappings[{index}]: same sequence ({mapping.sequence}) as "
+                    f"site_mappings[{earlier}] for customer {mapping.customer!r}: the earlier "
+                    "one in the file is tried first; give them different sequences to make "
+                    "the order explicit"
+                )
+                break
+        seen.append((index, mapping))
 
 
 def load_modules_only(path: Path) -> Config | None:

@@ -134,6 +134,8 @@ def _assets() -> sa.Select[Any]:
             c.sites.c.name.label("site"),
             c.users.c.user_principal_name.label("user"),
             c.asset_types.c.name.label("asset_type"),
+            t.c.status,
+            t.c.source,
             t.c.device_name,
             t.c.serial_number,
             t.c.manufacturer,
@@ -147,11 +149,13 @@ def _assets() -> sa.Select[Any]:
             t.c.wifi_mac,
             t.c.azure_ad_device_id,
             t.c.management_agent,
+            t.c.custom_fields,
             *_status_cols(t),
         )
         .select_from(
+            # An asset another integration brought in, not matched yet, has no tenant.
             _customer_join(t)
-            .join(c.tenants, c.tenants.c.id == t.c.tenant_ref)
+            .outerjoin(c.tenants, c.tenants.c.id == t.c.tenant_ref)
             .outerjoin(c.sites, c.sites.c.id == t.c.site_id)
             .outerjoin(c.users, c.users.c.id == t.c.user_id)
             .outerjoin(c.asset_types, c.asset_types.c.id == t.c.asset_type_id)

@@ -17,6 +17,7 @@ import pluggy
 
 from .context import ModuleContext
 from .models import (
+    AssetQuery,
     Checkpoint,
     DirectoryUser,
     Licence,
@@ -105,11 +106,17 @@ def fetch_users(
 
 @hookspec
 def fetch_assets(
-    context: ModuleContext, tenant: Tenant, bookmark: str | None
-) -> Iterable[ManagedDevice | Removed | RecordError | Checkpoint]:
-    """Yield the tenant's managed devices.
+    context: ModuleContext, tenant: Tenant, bookmark: str | None, query: AssetQuery
+) -> Iterable[ManagedDevice | RecordError | Notice | Checkpoint]:
+    """Yield every managed device of the tenant, then ``Checkpoint(bookmark=None, complete=True)``.
 
-    Called per mapped tenant, after users, so that devices can be matched to the users just stored.
+    Called per mapped tenant, after users, so that devices can be matched to the users just
+    stored. Devices are always listed in full (no deltas); a device missing from a complete
+    listing is taken as gone. ``query`` (see `AssetQuery`) names extra properties to carry
+    in ``attributes`` and whether to read devices per user (the older "user method"). Set
+    ``user_id``, ``user_principal_name`` and ``email_address`` as the source gives them, for
+    the core to find the device's user. A payload that cannot be translated is yielded as
+    `RecordError`. Yield page by page.
     """
 
 

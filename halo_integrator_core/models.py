@@ -18,6 +18,7 @@ import attrs
 
 __all__ = [
     "LATEST_BOOKMARK",
+    "AssetQuery",
     "Checkpoint",
     "DirectoryUser",
     "EntityKind",
@@ -192,6 +193,22 @@ class UserQuery:
     groups: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     properties: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     sign_in_activity: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class AssetQuery:
+    """What the core's asset rules need from ``fetch_assets``.
+
+    ``properties``: extra device properties, by their Microsoft names (``deviceType``,
+    ``chassisType``), that asset-type rules and field mappings read: the plugin selects them
+    and puts each in the record's ``attributes`` under that name (``None`` when empty).
+    ``per_user``: the guide's older "user method": read each directory user's own managed
+    devices (so ``ManagedDevice.user_id`` is the user whose list held the device) instead of
+    the tenant's device listing.
+    """
+
+    properties: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    per_user: bool = False
 
 
 #: The bookmark the core hands ``fetch_users`` after ``deltas reset --latest``: start a

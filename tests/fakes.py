@@ -57,6 +57,8 @@ class FakeDirectory:
     calls: list[tuple[str, str | None, str | None]] = attrs.field(factory=list)
     #: The `UserQuery` each tenant's users were last fetched with.
     queries: dict[str, Any] = attrs.field(factory=dict)
+    #: The `AssetQuery` each tenant's devices were last fetched with.
+    asset_queries: dict[str, Any] = attrs.field(factory=dict)
     #: Notices yielded among a tenant's users.
     notices: dict[str, list[Any]] = attrs.field(factory=dict)
 
@@ -210,8 +212,11 @@ class FakeDirectory:
         yield Checkpoint(bookmark=f"delta-{self.round}" if self.delta else None, complete=True)
 
     @hookimpl
-    def fetch_assets(self, context: Any, tenant: Tenant, bookmark: str | None) -> Iterator[Any]:
+    def fetch_assets(
+        self, context: Any, tenant: Tenant, bookmark: str | None, query: Any
+    ) -> Iterator[Any]:
         self.calls.append(("fetch_assets", tenant.tenant_id, bookmark))
+        self.asset_queries[tenant.tenant_id] = query
         yield from self._maybe_fail(
             "fetch_assets", tenant.tenant_id, self.devices.get(tenant.tenant_id, {}).values()
         )

@@ -162,6 +162,7 @@ def test_hook_register_commands_adds_csp_only_while_the_module_is_enabled(setup)
         "map",
         "consent-url",
         "consent",
+        "site-mappings",
     }
     assert "csp" not in cli.commands  # the shared group was left alone
 

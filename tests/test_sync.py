@@ -29,7 +29,9 @@ enabled = true
 """
 
 
-DELTAS = MAPPED.replace("[integrator]", '[integrator]\ntrack = "beta"') + "[users]\nuse_deltas = true\n"
+DELTAS = (
+    MAPPED.replace("[integrator]", '[integrator]\ntrack = "beta"') + "[users]\nuse_deltas = true\n"
+)
 
 
 class Recorder(Reporter):

@@ -110,7 +110,7 @@ def test_a_customer_without_site_mappings_imports_no_users_and_says_how_to_fix_i
     result = sync("")
     assert result.counts["users"].added == 0
     assert result.counts["users"].skipped == 2  # one per tenant
-    assert all("csp site-mappings generate" in reason for reason in problems(result, "skipped"))
+    assert all("add [[site_mappings]]" in reason for reason in problems(result, "skipped"))
     assert users(store) == {}
 
 
@@ -309,7 +309,7 @@ def test_site_mappings_are_validated_when_the_config_is_read(write_config):
     with pytest.raises(ConfigError) as caught:
         load_config(
             write_config(
-                HEAD
+                HEAD.replace("create_customers_from_tenants = true", "")
                 + """
 [[site_mappings]]
 customer = "Contoso"
@@ -619,3 +619,22 @@ def test_a_dry_run_writes_no_user_and_no_site(sync, store, world):
     )
     assert result.counts["users"].added == 1
     assert (users(store), sites(store, "Contoso")) == before
+
+
+def test_the_catch_all_option_covers_a_tenant_its_customers_mappings_do_not_name(sync, store):
+    head = HEAD.replace('customer = "Fabrikam"', 'customer = "Contoso"').replace(
+        "[integrator]", "[integrator]\ncreate_site_mappings_for_new_tenants = true"
+    )
+    sync(
+        f"""
+[[site_mappings]]
+customer = "Contoso"
+tenant_id = "{TENANT_A}"
+site = "A only"
+create_site = true
+""",
+        head=head,
+    )
+    stored = users(store)
+    assert stored["u-1"]["site"] == "A only"
+    assert stored["u-9"]["site"] == "Main"  # tenant B: no mapping names it, the catch-all does

@@ -52,6 +52,30 @@ class Store:
             store.migrate()
         return store
 
+    @classmethod
+    def open_existing(cls, url: str) -> Store | None:
+        """The store at ``url`` if a run has made one, as it is (not migrated); else ``None``.
+
+        Creates nothing: for commands that only look (`config check`) or that have nothing
+        to do in an empty store. Raises `StoreError` when the database cannot be reached.
+        """
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database
+            if not database or database == ":memory:" or not Path(database).exists():
+                return None
+        store = cls(create_engine(url))
+        try:
+            version = store.schema_version()
+        except sa.exc.SQLAlchemyError as exc:
+            store.close()
+            reason = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+            raise StoreError(f"cannot open the store at {store.describe()}: {reason}") from None
+        if version is None:  # a database no run has written to yet
+            store.close()
+            return None
+        return store
+
     def close(self) -> None:
         self.engine.dispose()
 

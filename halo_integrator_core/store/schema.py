@@ -178,10 +178,18 @@ asset_types = Table(
 assets = Table(
     "assets",
     metadata,
-    *_synced(),
+    # An asset of the PSA: linked to an Intune device (tenant_ref and external_id, the Intune
+    # device ID) once a sync imports or matches it; one another integration brought in
+    # (``source``) has neither until then.
+    *_synced(linked=False),
     Column("site_id", ForeignKey("sites.id")),
     Column("user_id", ForeignKey("users.id")),
     Column("asset_type_id", ForeignKey("asset_types.id")),
+    Column("status", String(100)),
+    Column("source", String(40), nullable=False, default="intune"),
+    #: The global matching field's value, trimmed and case-folded; NULL when it identifies
+    #: nothing (blank, or a placeholder serial such as "To Be Filled By O.E.M.").
+    Column("match_key", String(255)),
     Column("device_name", String(255)),
     Column("serial_number", String(255)),
     Column("manufacturer", String(255)),
@@ -195,8 +203,10 @@ assets = Table(
     Column("wifi_mac", String(40)),
     Column("azure_ad_device_id", String(64)),
     Column("management_agent", String(100)),
+    Column("custom_fields", JSON, nullable=False, default=dict),
 )
 Index("ix_assets_serial", assets.c.serial_number)
+Index("ix_assets_match", assets.c.customer_id, assets.c.match_key)
 
 licences = Table(
     "licences",

@@ -39,7 +39,8 @@ from ..models import (
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
 from ..store.request_log import StoreRequestLog
-from .bookmarks import get_bookmark, save_bookmark
+from .assets import AssetRules, find_assets, is_sense
+from .bookmarks import get_bookmark, save_bookmark, tenant_key
 from .mapping import (
     ENTITY_RULES,
     EntityRule,
@@ -116,6 +117,21 @@ class RunResult:
         return self.counts.setdefault(kind, Counts())
 
 
+@attrs.frozen
+class SiteScope:
+    customer_id: int
+    site_id: int
+    label: str
+
+
+@attrs.frozen
+class Scope:
+    """What a run is narrowed to: one tenant (ID or default domain), one site."""
+
+    tenant: str | None = None
+    site: SiteScope | None = None
+
+
 class Reporter:
     """Hears what a run does; the command line shows progress and dry-run changes."""
 
@@ -168,28 +184,48 @@ class SyncEngine:
         module: str | None = None,
         only: Sequence[str] | None = None,
         tenant: str | None = None,
+        site: str | None = None,
         dry_run: bool = False,
     ) -> list[RunResult]:
+        """Run ``module`` (or every enabled one) once.
+
+        ``site`` (``"Customer/Site"``) narrows a run to the users and assets placed at that
+        site (the guide's per-site imports): only the tenants of that customer are read,
+        and only what lands at that site is written or deactivated.
+        """
         if module is not None and module not in self.modules:
             enabled = ", ".join(sorted(self.modules)) or "none"
             raise SyncError(f"module {module!r} is not enabled (enabled modules: {enabled})")
         kinds = _parse_kinds(only)
+        scope = Scope(tenant=tenant.lower() if tenant else None)
+        if site is not None:
+            per_site = {EntityKind.USERS, EntityKind.ASSETS}
+            if only and not kinds <= per_site:
+                raise SyncError("--site narrows users and assets only: use --only users,assets")
+            kinds = kinds & per_site
+            with self.store.read() as connection:
+                scope = attrs.evolve(scope, site=_find_site(connection, site))
         names = [module] if module else sorted(self.modules)
         results = []
         for name in names:
             if dry_run:
                 with self.store.dry_run():
-                    results.append(self._run_module(self.modules[name], kinds, tenant, True))
+                    results.append(self._run_module(self.modules[name], kinds, scope, True))
             else:
-                results.append(self._run_module(self.modules[name], kinds, tenant, False))
+                results.append(self._run_module(self.modules[name], kinds, scope, False))
         return results
 
     # -- one module ------------------------------------------------------------------------
 
     def _run_module(
-        self, active: ActiveModule, kinds: set[EntityKind], tenant_filter: str | None, dry_run: bool
+        self, active: ActiveModule, kinds: set[EntityKind], scope: Scope, dry_run: bool
     ) -> RunResult:
-        options = {"only": sorted(kinds), "tenant": tenant_filter, "dry_run": dry_run}
+        options = {
+            "only": sorted(kinds),
+            "tenant": scope.tenant,
+            "site": scope.site.label if scope.site else None,
+            "dry_run": dry_run,
+        }
         with self.store.unit() as connection:
             run_id = connection.execute(
                 sa.insert(schema.sync_runs).values(
@@ -202,7 +238,7 @@ class SyncEngine:
             context = module_context(
                 self.config, active, dry_run=dry_run, http=self.http(dry_run=dry_run)
             )
-            runner = _ModuleRun(self, active, context, result, tenant_filter)
+            runner = _ModuleRun(self, active, context, result, scope)
             try:
                 runner.run(kinds)
                 failed = any(c.failed for c in runner.tenant_counts.values())
@@ -270,7 +306,7 @@ class _ModuleRun:
         active: ActiveModule,
         context: ModuleContext,
         result: RunResult,
-        tenant_filter: str | None,
+        scope: Scope,
     ) -> None:
         self.engine = engine
         self.store = engine.store
@@ -278,11 +314,13 @@ class _ModuleRun:
         self.active = active
         self.context = context
         self.result = result
-        self.tenant_filter = tenant_filter.lower() if tenant_filter else None
+        self.scope = scope
+        self.tenant_filter = scope.tenant
         self.hooks = engine.host.hook_for(active.name)
         self.run_id = result.run_id
         self.tenant_counts: dict[tuple[str, str], Counts] = {}
         self.user_rules = UserRules(engine.config)
+        self.asset_rules = AssetRules(engine.config.assets)
 
     @property
     def module(self) -> str:
@@ -443,6 +481,8 @@ class _ModuleRun:
                         tenant, attributes={**tenant.attributes, "mapping": overrides}
                     )
                 target = resolve_tenant(connection, self.config, self.module, row.id, tenant)
+                if self.scope.site and target.customer_id != self.scope.site.customer_id:
+                    continue  # not a tenant of the site's customer
                 if target.importable:
                     targets.append(target)
                     if self.config.integrator.add_tenants_to_sso_allowed_list:
@@ -477,7 +517,9 @@ class _ModuleRun:
         tenant_id = target.tenant.tenant_id
         counts, error = Counts(), None
         try:
-            unit = _UserUnit if rule.kind is EntityKind.USERS else _EntityUnit
+            unit = {EntityKind.USERS: _UserUnit, EntityKind.ASSETS: _AssetUnit}.get(
+                rule.kind, _EntityUnit
+            )
             with self.store.unit() as connection:
                 unit(self, rule, target, connection, counts).run()
         except SkipTenant as skip:
@@ -548,9 +590,7 @@ class _EntityUnit:
         self.kind = rule.kind.value
         self.tenant_id = target.tenant.tenant_id
         tenant = target.tenant
-        self.tenant_key = (
-            f"{tenant.connection}/{tenant.tenant_id}" if tenant.connection else tenant.tenant_id
-        )
+        self.tenant_key = tenant_key(tenant.connection, tenant.tenant_id)
         self.deactivates = True
 
     def hook_arguments(self) -> dict[str, Any]:
@@ -611,15 +651,12 @@ class _EntityUnit:
                 )
             )
         }
-        links = self.rule.links(self.connection, self.target, records) if self.rule.links else None
+        assert self.rule.columns is not None
         inserts, updates, unchanged = [], [], []
         for entity_id, record in by_id.items():
-            columns = (
-                self.rule.columns(record, self.target, links.get(entity_id))
-                if links is not None
-                else self.rule.columns(record, self.target)
-            )
-            values = columns | {"customer_id": self.target.customer_id}
+            values = self.rule.columns(record, self.target) | {
+                "customer_id": self.target.customer_id
+            }
             row = existing.get(entity_id)
             if row is None:
                 inserts.append(
@@ -676,9 +713,17 @@ class _EntityUnit:
                 .values(seen_run_id=self.run_state.run_id)
             )
 
+    @property
+    def site_id(self) -> int | None:
+        """The one site this run writes users and assets of (``--site``), if any."""
+        site = self.run_state.scope.site
+        return site.site_id if site else None
+
     def deactivate(self, condition: sa.ColumnElement[bool]) -> None:
         table = self.table
         where = (table.c.tenant_ref == self.target.tenant_ref, table.c.active.is_(True), condition)
+        if self.site_id is not None:
+            where = (*where, table.c.site_id == self.site_id)
         rows = self.connection.execute(
             sa.select(table.c.id, table.c.external_id).where(*where)
         ).all()
@@ -717,13 +762,14 @@ class _UserUnit(_EntityUnit):
     def hook_arguments(self) -> dict[str, Any]:
         run, target = self.run_state, self.target
         assert target.customer_id is not None
-        if not self.rules.has_mappings(self.connection, target.customer_id):
+        if not self.rules.has_mappings(self.connection, target):
             raise SkipTenant(
-                f"no site mapping places the users of customer {_customer_name(self.connection, target)}: "
-                "run `halo-integrator csp site-mappings generate`, add [[site_mappings]], or set "
+                "no site mapping places the users of this tenant (customer "
+                f"{_customer_name(self.connection, target)}): add [[site_mappings]] for it "
+                "(the README's 'Site mappings'; a module may generate catch-alls), or set "
                 "integrator.create_site_mappings_for_new_tenants = true"
             )
-        for reason in self.rules.broken_mappings(self.connection, target.customer_id):
+        for reason in self.rules.broken_mappings(self.connection, target):
             run.problem(Problem(self.kind, self.tenant_id, None, "warning", reason))
         return {
             "bookmark": self.delta_bookmark(),
@@ -732,8 +778,8 @@ class _UserUnit(_EntityUnit):
 
     def delta_bookmark(self) -> str | None:
         """The delta link to resume from: none with deltas off, or when a full reconcile is due."""
-        if not self.settings.use_deltas:
-            return None
+        if not self.settings.use_deltas or self.site_id is not None:
+            return None  # a per-site run lists everyone and moves no delta link
         stored = get_bookmark(self.connection, *self.bookmark_key)
         hours = self.settings.full_reconcile_hours
         if stored and stored != LATEST_BOOKMARK and hours:
@@ -751,7 +797,7 @@ class _UserUnit(_EntityUnit):
         return (self.run_state.module, f"{self.kind}.full", self.tenant_key)
 
     def save_bookmark(self, bookmark: str | None, *, complete: bool) -> None:
-        if not self.settings.use_deltas:
+        if not self.settings.use_deltas or self.site_id is not None:
             return  # every run lists everyone: a link would only go stale
         super().save_bookmark(bookmark, complete=complete)
         if complete:
@@ -802,6 +848,8 @@ class _UserUnit(_EntityUnit):
                 if row is not None and row.tenant_ref == self.target.tenant_ref:
                     unchanged.append(row.id)  # still in the directory: not a leaver
                 continue
+            if self.site_id is not None and placement.site_id != self.site_id:
+                continue  # another site's user: not this run's
             values = self.rules.columns(
                 user,
                 placement,
@@ -924,6 +972,150 @@ class _UserUnit(_EntityUnit):
                         updated_at=now,
                     )
                 )
+
+
+class _AssetUnit(_EntityUnit):
+    """Assets: the guide's asset rules (types, user matching, field mappings, statuses,
+    the global matching field). Devices are always listed in full."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.rules = self.run_state.asset_rules
+        self.new_status, self.deleted_status = self.rules.statuses
+        self.excluded = {"sense": 0, "type": 0}
+
+    def hook_arguments(self) -> dict[str, Any]:
+        return {"bookmark": None, "query": self.rules.query()}
+
+    def save_bookmark(self, bookmark: str | None, *, complete: bool) -> None:
+        pass  # assets always use a full listing (guide 8.2)
+
+    def run(self) -> None:
+        super().run()
+        settings = self.rules.settings
+        for why, count in self.excluded.items():
+            if count:
+                reason = (
+                    f"{count} devices managed by Microsoft Defender for Endpoint (Sense) left "
+                    "out (assets.exclude_sense)"
+                    if why == "sense"
+                    else f"{count} devices no [[assets.type_rules]] rule matches left out "
+                    f'(assets.unmatched = "{settings.unmatched.value}")'
+                )
+                self.run_state.problem(Problem(self.kind, self.tenant_id, None, "skipped", reason))
+
+    def upsert(self, records: list[Any]) -> None:
+        if not records:
+            return
+        table, run, rules, now = self.table, self.run_state, self.rules, utcnow()
+        devices, types, left_out = {}, {}, []
+        for device in records:
+            type_name = None if rules.settings.exclude_sense and is_sense(device) else ""
+            if type_name is None:
+                self.excluded["sense"] += 1
+            else:
+                type_name = rules.type_name(device)
+                if type_name is None:
+                    self.excluded["type"] += 1
+            if type_name is None:
+                self.counts.skipped += 1
+                left_out.append(device.device_id)
+                continue
+            devices[device.device_id] = device
+            types[device.device_id] = type_name
+        # A device left out stays as it was: it is still in Intune, not a leaver.
+        self.mark_seen(left_out)
+        keys = {device_id: rules.match_key(device) for device_id, device in devices.items()}
+        matched, duplicates = find_assets(
+            self.connection, self.target, devices, keys, run_id=run.run_id
+        )
+        for device_id, reason in duplicates.items():
+            run.problem(Problem(self.kind, self.tenant_id, device_id, "warning", reason))
+        owners = rules.owners(self.connection, self.target, list(devices.values()))
+        inserts, unchanged = [], []
+        for device_id, device in devices.items():
+            row = matched.get(device_id)
+            owner = owners.get(device_id)
+            site_id = (owner.site_id if owner else None) or rules.default_site(
+                self.connection, self.target
+            )
+            if self.site_id is not None and site_id != self.site_id:
+                continue  # another site's device: not this run's
+            values = rules.columns(device, row) | {
+                "customer_id": self.target.customer_id,
+                "tenant_ref": self.target.tenant_ref,
+                "external_id": device_id,
+                "site_id": site_id,
+                "user_id": owner.id if owner else None,
+                "active": True,
+            }
+            if row is None or not (rules.settings.keep_existing_type and row.asset_type_id):
+                values["asset_type_id"] = rules.type_id(self.connection, types[device_id])
+            if row is None or not row.active:
+                values["status"] = self.new_status  # new, or back in Intune
+            if row is None:
+                inserts.append(
+                    values
+                    | {
+                        "source": "intune",
+                        "created_at": now,
+                        "updated_at": now,
+                        "seen_run_id": run.run_id,
+                    }
+                )
+                self.counts.added += 1
+                run._change(self.kind, self.tenant_id, device_id, "added")
+                continue
+            changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
+            if changed:
+                self.connection.execute(
+                    sa.update(table)
+                    .where(table.c.id == row.id)
+                    .values(**values, inactive_since=None, updated_at=now, seen_run_id=run.run_id)
+                )
+                self.counts.updated += 1
+                run._change(self.kind, self.tenant_id, device_id, "updated", changed)
+            else:
+                unchanged.append(row.id)
+                self.counts.unchanged += 1
+        if inserts:
+            self.connection.execute(sa.insert(table), inserts)
+        if unchanged:
+            self.connection.execute(
+                sa.update(table).where(table.c.id.in_(unchanged)).values(seen_run_id=run.run_id)
+            )
+
+    def deactivated(self, ids: list[int], now: datetime) -> None:
+        self.connection.execute(
+            sa.update(self.table).where(self.table.c.id.in_(ids)).values(status=self.deleted_status)
+        )
+
+
+def _find_site(connection: Connection, spec: str) -> SiteScope:
+    """The site ``"Customer/Site"`` names (ignoring case), or `SyncError` saying why not."""
+    customer, sep, site = spec.rpartition("/")
+    if not sep or not customer.strip() or not site.strip():
+        raise SyncError(f'--site {spec!r}: give it as "CUSTOMER/SITE", e.g. "Contoso/Main"')
+    customers, sites = schema.customers, schema.sites
+    rows = connection.execute(
+        sa.select(
+            customers.c.id,
+            customers.c.name,
+            sites.c.id.label("site_id"),
+            sites.c.name.label("site"),
+        )
+        .select_from(customers.join(sites, sites.c.customer_id == customers.c.id))
+        .where(sa.func.lower(customers.c.name) == customer.strip().lower())
+    ).all()
+    if not rows:
+        raise SyncError(f"--site {spec!r}: no customer {customer.strip()!r} in the store")
+    for row in rows:
+        if row.site.lower() == site.strip().lower():
+            return SiteScope(row.id, row.site_id, f"{row.name}/{row.site}")
+    known = ", ".join(sorted(row.site for row in rows))
+    raise SyncError(
+        f"--site {spec!r}: customer {rows[0].name!r} has no site {site.strip()!r} (its sites: {known})"
+    )
 
 
 def _batched(items: Iterable[Any], size: int = BATCH_SIZE) -> Iterator[list[Any]]:

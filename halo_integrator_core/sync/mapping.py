@@ -238,88 +238,6 @@ def subscription_columns(record: Subscription, target: TenantTarget) -> dict[str
     }
 
 
-def user_columns(record: DirectoryUser, target: TenantTarget) -> dict[str, Any]:
-    # The default field mappings (guide 6.2); the UPN is the network login.
-    return {
-        "site_id": target.main_site_id,
-        "user_principal_name": record.user_principal_name,
-        "display_name": record.display_name,
-        "first_name": record.given_name,
-        "surname": record.surname,
-        "email": record.mail,
-        "network_login": record.user_principal_name,
-        "job_title": record.job_title,
-        "department": record.department,
-        "office_location": record.office_location,
-        "phone": record.business_phones[0] if record.business_phones else None,
-        "mobile": record.mobile_phone,
-        "employee_id": record.employee_id,
-        "account_enabled": record.account_enabled,
-        "user_type": record.user_type,
-        "attributes": _json_safe(
-            {**record.attributes, "assignedSkuIds": list(record.assigned_sku_ids)}
-        ),
-    }
-
-
-def device_owners(
-    connection: Connection, target: TenantTarget, devices: list[ManagedDevice]
-) -> dict[str, tuple[int, int | None]]:
-    """The stored user (and their site) of each device, by user ID, then by UPN."""
-    users = schema.users
-    object_ids = {d.user_id for d in devices if d.user_id}
-    upns = {d.user_principal_name.lower() for d in devices if d.user_principal_name}
-    if not object_ids and not upns:
-        return {}
-    rows = connection.execute(
-        sa.select(
-            users.c.id, users.c.site_id, users.c.external_id, users.c.user_principal_name
-        ).where(
-            users.c.tenant_ref == target.tenant_ref,
-            users.c.active.is_(True),
-            sa.or_(
-                users.c.external_id.in_(object_ids),
-                sa.func.lower(users.c.user_principal_name).in_(upns),
-            ),
-        )
-    ).all()
-    by_object_id = {row.external_id: (row.id, row.site_id) for row in rows}
-    by_upn = {row.user_principal_name.lower(): (row.id, row.site_id) for row in rows}
-    owners = {}
-    for device in devices:
-        owner = by_object_id.get(device.user_id or "") or by_upn.get(
-            (device.user_principal_name or "").lower()
-        )
-        if owner is not None:
-            owners[device.device_id] = owner
-    return owners
-
-
-def asset_columns(
-    record: ManagedDevice, target: TenantTarget, owner: tuple[int, int | None] | None = None
-) -> dict[str, Any]:
-    user_id, user_site_id = owner or (None, None)
-    return {
-        "user_id": user_id,
-        # A device goes to its user's site; with no user, to the customer's main site.
-        "site_id": user_site_id or target.main_site_id,
-        "device_name": record.device_name,
-        "serial_number": record.serial_number,
-        "manufacturer": record.manufacturer,
-        "model": record.model,
-        "operating_system": record.operating_system,
-        "os_version": record.os_version,
-        "compliance_state": record.compliance_state,
-        "last_sync_at": utc(record.last_sync_at),
-        "enrolled_at": utc(record.enrolled_at),
-        "imei": record.imei,
-        "wifi_mac": record.wifi_mac,
-        "azure_ad_device_id": record.azure_ad_device_id,
-        "management_agent": record.management_agent,
-        "attributes": _json_safe(record.attributes),
-    }
-
-
 @attrs.frozen
 class EntityRule:
     """How one entity kind is stored: its table, record type, hook and column mapping."""
@@ -328,10 +246,9 @@ class EntityRule:
     table: sa.Table
     record_type: type
     hook: str
-    columns: Callable[..., dict[str, Any]]
-    #: Looks up, per batch, what each record links to (``{entity_id: link}``), handed to
-    #: ``columns`` as its third argument.
-    links: Callable[[Connection, TenantTarget, list[Any]], dict[str, Any]] | None = None
+    #: The row's columns for a record; ``None`` for kinds with rules of their own (users
+    #: in `users`, assets in `assets`).
+    columns: Callable[[Any, TenantTarget], dict[str, Any]] | None = None
 
 
 ENTITY_RULES: dict[EntityKind, EntityRule] = {
@@ -347,14 +264,7 @@ ENTITY_RULES: dict[EntityKind, EntityRule] = {
             "fetch_subscriptions",
             subscription_columns,
         ),
-        EntityRule(EntityKind.USERS, schema.users, DirectoryUser, "fetch_users", user_columns),
-        EntityRule(
-            EntityKind.ASSETS,
-            schema.assets,
-            ManagedDevice,
-            "fetch_assets",
-            asset_columns,
-            links=device_owners,
-        ),
+        EntityRule(EntityKind.USERS, schema.users, DirectoryUser, "fetch_users"),
+        EntityRule(EntityKind.ASSETS, schema.assets, ManagedDevice, "fetch_assets"),
     )
 }

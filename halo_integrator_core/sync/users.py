@@ -181,15 +181,27 @@ class UserRules:
             mappings.sort(key=lambda m: (m.spec.sequence, m.index))
         return compiled
 
-    def has_mappings(self, connection: Connection, customer_id: int) -> bool:
-        return bool(self.mappings_of(connection, customer_id)) or (
+    def applicable(self, connection: Connection, target: TenantTarget) -> list[_CompiledMapping]:
+        """The mappings tried for the tenant's users, in order: its customer's, less those
+        filtered to other tenants."""
+        if target.customer_id is None:
+            return []
+        tenant_id = target.tenant.tenant_id.lower()
+        return [
+            mapping
+            for mapping in self.mappings_of(connection, target.customer_id)
+            if mapping.spec.tenant_id is None or str(mapping.spec.tenant_id) == tenant_id
+        ]
+
+    def has_mappings(self, connection: Connection, target: TenantTarget) -> bool:
+        return bool(self.applicable(connection, target)) or (
             self.config.integrator.create_site_mappings_for_new_tenants
         )
 
-    def broken_mappings(self, connection: Connection, customer_id: int) -> list[str]:
-        """Reasons of this customer's mappings that cannot place anyone (said once a run)."""
+    def broken_mappings(self, connection: Connection, target: TenantTarget) -> list[str]:
+        """Reasons of the tenant's mappings that cannot place anyone (said once a run)."""
         found = []
-        for mapping in self.mappings_of(connection, customer_id):
+        for mapping in self.applicable(connection, target):
             if mapping.broken and mapping.index not in self._reported:
                 self._reported.add(mapping.index)
                 found.append(mapping.broken)
@@ -198,9 +210,12 @@ class UserRules:
     def place(
         self, connection: Connection, target: TenantTarget, user: DirectoryUser
     ) -> Placement | None:
-        """The first mapping of the tenant's customer that accepts ``user``, if any."""
-        assert target.customer_id is not None
-        mappings = self.mappings_of(connection, target.customer_id)
+        """The first mapping of the tenant's customer that accepts ``user``, if any.
+
+        A tenant none of whose customer's mappings apply to it gets the catch-all of
+        ``create_site_mappings_for_new_tenants`` when that is on.
+        """
+        mappings = self.applicable(connection, target)
         if not mappings:
             if self.config.integrator.create_site_mappings_for_new_tenants and not is_external(
                 user
@@ -224,8 +239,6 @@ class UserRules:
     ) -> int | None:
         spec = mapping.spec
         if mapping.broken:
-            return None
-        if spec.tenant_id and str(spec.tenant_id) != target.tenant.tenant_id.lower():
             return None
         if not spec.include_external_users and is_external(user):
             return None
@@ -276,11 +289,7 @@ class UserRules:
 
     def query(self, connection: Connection, target: TenantTarget) -> UserQuery:
         """The groups, extra properties and sign-ins this tenant's users are judged by."""
-        mappings = (
-            [m.spec for m in self.mappings_of(connection, target.customer_id)]
-            if target.customer_id is not None
-            else []
-        )
+        mappings = [m.spec for m in self.applicable(connection, target)]
         groups = [m.group for m in mappings if m.group] + list(self.service.groups)
         properties = [
             *self.field_map.values(),

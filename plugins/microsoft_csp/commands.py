@@ -1,5 +1,5 @@
 """``halo-integrator csp ...``: authorize connections, see their state, grant admin consent,
-list the synced tenants and map them to customers.
+list the synced tenants, map them to customers, and generate and list site mappings.
 
 Added to the command line by the plugin's `register_commands` hook, so present only while
 the ``microsoft_csp`` module is enabled. Each command gets the configuration from click's
@@ -39,6 +39,7 @@ from halo_integrator_core.config import (
     load_config,
     structure_module_settings,
 )
+from halo_integrator_core.config_edit import write_atomically
 from halo_integrator_core.errors import HttpError
 from halo_integrator_core.http import HttpClient
 from halo_integrator_core.store import Store, schema
@@ -62,6 +63,17 @@ from .delegated import AuthorizationStatus, DelegatedTokens
 from .errors import MicrosoftAuthError
 from .mapping_proposals import CannotAppend, Proposals, TenantName, append_mappings, propose
 from .settings import Connection, MicrosoftCspSettings
+from .site_mappings import (
+    MappedTenant,
+    Plan,
+    append_site_mappings,
+    covering,
+    describe_filters,
+    describe_target,
+    plan,
+    processing_order,
+    render_site_mappings,
+)
 
 MODULE = "microsoft_csp"
 EXIT_FAILED = 1
@@ -185,7 +197,7 @@ def _open_browser(url: str) -> None:
 @click.group("csp")
 def csp() -> None:
     """Microsoft CSP: authorize connections with Partner Center, grant admin consent, list
-    and map tenants."""
+    and map tenants, generate site mappings."""
 
 
 # -- authorize, status, disconnect ------------------------------------------------------------
@@ -925,8 +937,6 @@ def map_command(auto: bool, dry_run: bool) -> None:
     if dry_run or not proposals.mapped:
         _report(proposals, written=None if dry_run else config.source)
         return
-    from halo_integrator_core.cli import _write_atomically
-
     assert config.source is not None  # loaded from a file: App.config() insists on one
     text = config.source.read_text(encoding="utf-8")
     try:
@@ -934,5 +944,201 @@ def map_command(auto: bool, dry_run: bool) -> None:
     except (CannotAppend, tomlkit.exceptions.ParseError) as exc:
         _usage(f"cannot add the mappings to {config.source}: {exc}")
     _validated(config, updated)
-    _write_atomically(config.source, updated)
+    write_atomically(config.source, updated)
     _report(proposals, written=config.source)
+
+
+# -- site mappings ----------------------------------------------------------------------------
+
+
+@csp.group("site-mappings")
+def site_mappings_group() -> None:
+    """Generate and list the site mappings that place each tenant's users (guide 6.1)."""
+
+
+def _mapped_tenants(store: Store) -> list[MappedTenant]:
+    """The module's active tenants that a sync imports for a customer, with its name; a
+    tenant reached through two connections once."""
+    t, c = schema.tenants, schema.customers
+    found: dict[str, MappedTenant] = {}
+    with store.read() as db:
+        for row in db.execute(
+            sa.select(t.c.tenant_id, t.c.name, c.c.name.label("customer"))
+            .select_from(t.join(c, c.c.id == t.c.customer_id))
+            .where(t.c.module == MODULE, t.c.active.is_(True), t.c.do_not_import.is_(False))
+            .order_by(c.c.name, t.c.name, t.c.tenant_id)
+        ):
+            found.setdefault(
+                row.tenant_id.lower(), MappedTenant(row.tenant_id, row.name, row.customer)
+            )
+    return list(found.values())
+
+
+_MAP_FIRST = (
+    "map tenants to customers ([[tenant_mappings]] in the config, or "
+    "`halo-integrator csp map --auto`), then run `halo-integrator sync --only tenants`"
+)
+
+
+def _report_plan(found: Plan, config: Config, *, written: Path | None, dry_run: bool) -> None:
+    if found.added:
+        if dry_run:
+            where = f"would append {len(found.added)} site mapping(s) to {config.source}"
+            click.echo(f"{where} (dry run: the config is unchanged):")
+        else:
+            click.echo(
+                f"added {len(found.added)} site mapping(s) to {written}, each importing all "
+                "users of one tenant to its customer's Main site:"
+            )
+            for tenant in found.added:
+                click.echo(
+                    f'  "{tenant.customer}" ← {_tenant_label(tenant.name, tenant.tenant_id)}'
+                )
+    else:
+        click.echo("no new site mappings: every mapped tenant has one already")
+    if found.covered:
+        click.echo(f"already covered by a site mapping, skipped ({len(found.covered)}):")
+        for covered in found.covered:
+            tenant = covered.tenant
+            click.echo(
+                f"  {_tenant_label(tenant.name, tenant.tenant_id)}: site_mappings[{covered.index}]"
+                f' of customer "{tenant.customer}"'
+            )
+    if written and found.added:
+        click.echo(
+            "next: `halo-integrator config check`; refine the customers that need more (several "
+            "sites, groups, service accounts) by hand; `halo-integrator sync` imports the users"
+        )
+
+
+@site_mappings_group.command("generate")
+@click.option("--dry-run", is_flag=True, help="Print the TOML it would append; change nothing.")
+@_reported
+def site_mappings_generate(dry_run: bool) -> None:
+    """Append a site mapping for each mapped tenant without one: all its users to its
+    customer's Main site (the guide's Generate Mappings)."""
+    config = _config()
+    missing = _nothing_stored(config)
+    if missing:
+        click.echo(f"{missing}: {_SYNC_FIRST}")
+        return
+    store = _store()
+    try:
+        tenants = _mapped_tenants(store)
+    finally:
+        store.close()
+    if not tenants:
+        click.echo(f"no {MODULE} tenant in the store is mapped to a customer yet: {_MAP_FIRST}")
+        return
+    found = plan(tenants, config.site_mappings)
+    today = datetime.now(UTC).date()
+    if dry_run or not found.added:
+        _report_plan(found, config, written=None, dry_run=dry_run)
+        if dry_run and found.added:
+            click.echo()
+            click.echo(render_site_mappings(found.added, today), nl=False)
+        return
+    assert config.source is not None  # loaded from a file: App.config() insists on one
+    text = config.source.read_text(encoding="utf-8")
+    try:
+        updated = append_site_mappings(text, found.added, today)
+    except (CannotAppend, tomlkit.exceptions.ParseError) as exc:
+        _usage(f"cannot add the site mappings to {config.source}: {exc}")
+    _validated(config, updated)
+    write_atomically(config.source, updated)
+    _report_plan(found, config, written=config.source, dry_run=False)
+
+
+_LIST_HEADERS = (
+    "SEQ",
+    "MAPPING",
+    "TYPE",
+    "SITE / FIELD",
+    "TENANT",
+    "GROUP",
+    "FILTERS",
+    "DESCRIPTION",
+)
+
+
+@site_mappings_group.command("list")
+@_reported
+def site_mappings_list() -> None:
+    """List the config's site mappings in the order a sync tries them, per customer, and the
+    mapped tenants no site mapping places."""
+    config = _config()
+    ordered = processing_order(config.site_mappings)
+    if ordered:
+        click.echo(
+            f"site mappings in {config.source}, in the order a sync tries them for each customer "
+            "(sequence, then file order):"
+        )
+        rows = {
+            customer: [
+                (
+                    str(mapping.sequence),
+                    f"site_mappings[{index}]",
+                    mapping.type.value,
+                    describe_target(mapping),
+                    str(mapping.tenant_id) if mapping.tenant_id else "all",
+                    mapping.group or "-",
+                    describe_filters(mapping) or "-",
+                    mapping.description or "-",
+                )
+                for index, mapping in mappings
+            ]
+            for customer, mappings in ordered.items()
+        }
+        cells = [_LIST_HEADERS, *(row for table in rows.values() for row in table)]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(_LIST_HEADERS))]
+
+        def line(row: tuple[str, ...]) -> str:
+            return "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+        for customer, table in rows.items():
+            click.echo(f'\ncustomer "{customer}":')
+            click.echo(line(_LIST_HEADERS))
+            for row in table:
+                click.echo(line(row))
+    else:
+        click.echo(f"no [[site_mappings]] in {config.source}")
+    missing = _nothing_stored(config)
+    if missing:
+        click.echo(
+            f"\n{missing}: the mapped tenants no site mapping places are listed after a sync"
+        )
+        return
+    store = _store()
+    try:
+        tenants = _mapped_tenants(store)
+    finally:
+        store.close()
+    mapped_customers = {mapping.customer for mapping in config.site_mappings}
+    unplaced = [tenant for tenant in tenants if covering(config.site_mappings, tenant) is None]
+    without = [t for t in unplaced if t.customer not in mapped_customers]
+    others = [t for t in unplaced if t.customer in mapped_customers]
+    generated = config.integrator.create_site_mappings_for_new_tenants
+    if without:
+        fate = (
+            "their users go to the customer's Main site, as integrator."
+            "create_site_mappings_for_new_tenants is on"
+            if generated
+            else "their users are not imported: `halo-integrator csp site-mappings generate` "
+            "writes a mapping for each, or set integrator.create_site_mappings_for_new_tenants "
+            "= true"
+        )
+        click.echo(f"\ncustomers of mapped tenants with no site mapping ({fate}):")
+        for tenant in without:
+            click.echo(f'  "{tenant.customer}": {_tenant_label(tenant.name, tenant.tenant_id)}')
+    if others:
+        click.echo(
+            "\ntenants whose customer's site mappings all name other tenants (their users are "
+            "not imported: add a mapping for the tenant, or `halo-integrator csp site-mappings "
+            "generate`):"
+        )
+        for tenant in others:
+            click.echo(f'  "{tenant.customer}": {_tenant_label(tenant.name, tenant.tenant_id)}')
+    if not tenants:
+        click.echo(f"\nno {MODULE} tenant in the store is mapped to a customer yet: {_MAP_FIRST}")
+    elif not unplaced:
+        click.echo(f"\nevery mapped tenant ({len(tenants)}) has a site mapping")

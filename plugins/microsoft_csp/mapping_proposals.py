@@ -21,6 +21,10 @@ from typing import Literal
 
 import attrs
 import tomlkit
+from tomlkit.items import Table
+
+from halo_integrator_core.config_edit import CannotAppend as CannotAppend  # re-exported
+from halo_integrator_core.config_edit import append_tables, render_tables
 
 #: Words that say what kind of company a name belongs to, not which one. Dropped from the end
 #: of a name (repeatedly: "Contoso Holdings Ltd" is "contoso"), never from its middle.
@@ -157,46 +161,23 @@ def proposal_comment(proposal: ProposedMapping, on: date) -> str:
     return f'proposed by csp map --auto on {on.isoformat()}: {proposal.match} match of "{name}"'
 
 
-def render_mappings(proposals: Iterable[ProposedMapping], on: date) -> str:
-    """``[[tenant_mappings]]`` tables for ``proposals``, rendered by tomlkit (quoting and all)."""
-    document = tomlkit.document()
-    tables = tomlkit.aot()
+def _tables(proposals: Iterable[ProposedMapping], on: date) -> list[Table]:
+    tables = []
     for proposal in proposals:
         table = tomlkit.table()
         table.add(tomlkit.comment(proposal_comment(proposal, on)))
         table.add("tenant_id", proposal.tenant_id)
         table.add("customer", proposal.customer)
         tables.append(table)
-    document.append("tenant_mappings", tables)
-    return tomlkit.dumps(document)
+    return tables
 
 
-class CannotAppend(ValueError):
-    """The file's ``tenant_mappings`` cannot take more tables; the message says why and what to do."""
+def render_mappings(proposals: Iterable[ProposedMapping], on: date) -> str:
+    """``[[tenant_mappings]]`` tables for ``proposals``, rendered by tomlkit (quoting and all)."""
+    return render_tables("tenant_mappings", _tables(proposals, on))
 
 
 def append_mappings(text: str, proposals: Iterable[ProposedMapping], on: date) -> str:
-    """``text`` (a config file) with ``proposals`` appended as ``[[tenant_mappings]]`` tables.
-
-    The file's text is kept byte for byte and the tables go after it: TOML lets an array of
-    tables continue anywhere, while inserting into tomlkit's array would move tables written
-    apart from each other and join the last one to the header after it.
-    """
-    proposals = list(proposals)
-    if not proposals:
-        return text
-    existing = tomlkit.parse(text).get("tenant_mappings")
-    if existing is not None and not isinstance(existing, tomlkit.items.AoT):
-        raise CannotAppend(
-            "tenant_mappings is written as an inline array in the file, which TOML does not let "
-            "[[tenant_mappings]] tables extend: rewrite it as [[tenant_mappings]] tables, then "
-            "run the command again"
-        )
-    head = text
-    if head and not head.endswith("\n"):
-        head += "\n"
-    if head.strip() and not head.endswith("\n\n"):
-        head += "\n"
-    combined = head + render_mappings(proposals, on)
-    tomlkit.parse(combined)  # never hand back text tomlkit cannot read
-    return combined
+    """``text`` (a config file) with ``proposals`` appended as ``[[tenant_mappings]]`` tables,
+    the file's own text kept byte for byte (see `append_tables`)."""
+    return append_tables(text, "tenant_mappings", _tables(proposals, on))

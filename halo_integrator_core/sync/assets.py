@@ -1,0 +1,393 @@
+"""Asset import rules (guide 7): asset types, user matching, field mappings, statuses, and
+the global matching field that keeps one device one asset across integrations.
+
+A device finds its asset by Intune device ID; failing that, by the global matching field
+(serial number by default) among the customer's assets that no device of this run holds,
+so an asset another integration imported is updated rather than duplicated. Placeholder
+serials never match. Two devices of one tenant with one serial are reported, and each
+keeps an asset of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import cached_property
+from typing import Any
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from ..config import (
+    JUNK_SERIALS,
+    AssetMatchingField,
+    AssetSettings,
+    AssetTypeMethod,
+    AssetUserMatching,
+    DeviceCondition,
+    DeviceOperator,
+    DeviceUserField,
+    UnmappedTypeValue,
+    UnmatchedDevice,
+)
+from ..models import AssetQuery, ManagedDevice
+from ..store import schema, utcnow
+from .mapping import MAIN_SITE, TenantTarget, _json_safe, utc
+
+#: Intune properties every `ManagedDevice` carries in a field of its own.
+STANDARD_PROPERTIES: Mapping[str, str] = {
+    "id": "device_id",
+    "deviceName": "device_name",
+    "serialNumber": "serial_number",
+    "manufacturer": "manufacturer",
+    "model": "model",
+    "operatingSystem": "operating_system",
+    "osVersion": "os_version",
+    "complianceState": "compliance_state",
+    "lastSyncDateTime": "last_sync_at",
+    "enrolledDateTime": "enrolled_at",
+    "imei": "imei",
+    "wiFiMacAddress": "wifi_mac",
+    "azureADDeviceId": "azure_ad_device_id",
+    "managementAgent": "management_agent",
+    "userId": "user_id",
+    "userPrincipalName": "user_principal_name",
+    "emailAddress": "email_address",
+}
+
+#: The ``managementAgent`` of devices managed by Microsoft Defender for Endpoint
+#: (resources/intune-devices-managementagenttype.md: "msSense").
+SENSE_AGENT = "mssense"
+
+_DATE_FIELDS = frozenset({"last_sync_at", "enrolled_at"})
+_WIDTHS = {
+    "operating_system": 100,
+    "os_version": 100,
+    "compliance_state": 40,
+    "imei": 40,
+    "wifi_mac": 40,
+    "azure_ad_device_id": 64,
+    "management_agent": 100,
+}
+
+
+def device_value(device: ManagedDevice, name: str) -> Any:
+    field = STANDARD_PROPERTIES.get(name)
+    if field is not None:
+        return getattr(device, field)
+    return device.attributes.get(name)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value).strip()
+    return text or None
+
+
+def _date(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return utc(value)
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def condition_holds(condition: DeviceCondition, device: ManagedDevice) -> bool:
+    text = (_text(device_value(device, condition.field)) or "").lower()
+    wanted = condition.value.strip().lower()
+    operator = condition.operator
+    if operator is DeviceOperator.EQUALS:
+        return text == wanted
+    if operator is DeviceOperator.NOT_EQUALS:
+        return text != wanted
+    if operator is DeviceOperator.CONTAINS:
+        return wanted in text
+    if operator is DeviceOperator.STARTS_WITH:
+        return text.startswith(wanted)
+    if operator is DeviceOperator.MATCHES:
+        return re.search(condition.value, text, re.IGNORECASE) is not None
+    raise AssertionError(f"unhandled operator {operator}")  # pragma: no cover
+
+
+def is_sense(device: ManagedDevice) -> bool:
+    return (device.management_agent or "").lower() == SENSE_AGENT
+
+
+@attrs.frozen
+class Placement:
+    site_id: int
+    user_id: int | None
+
+
+class AssetRules:
+    """The config's asset rules, compiled against the store once per run."""
+
+    def __init__(self, settings: AssetSettings) -> None:
+        self.settings = settings
+        self.field_map = settings.field_map()
+        self.custom_map = dict(settings.custom_fields)
+        self.junk = frozenset(
+            serial.casefold() for serial in (*JUNK_SERIALS, *settings.junk_serials)
+        )
+        self.type_values = {k.strip().lower(): v for k, v in settings.type_values.items()}
+        self._types: dict[str, int] = {}
+        self._sites: dict[tuple[int, str], int] = {}
+
+    def query(self) -> AssetQuery:
+        settings = self.settings
+        names = [
+            *self.field_map.values(),
+            *self.custom_map.values(),
+            *([settings.type_field] if settings.type_field else []),
+            *(c.field for rule in settings.type_rules for c in rule.conditions),
+        ]
+        extra = tuple(dict.fromkeys(n for n in names if n not in STANDARD_PROPERTIES))
+        return AssetQuery(
+            properties=extra, per_user=settings.user_matching is AssetUserMatching.USER
+        )
+
+    # -- types -----------------------------------------------------------------------------
+
+    def type_name(self, device: ManagedDevice) -> str | None:
+        """The asset type's name for ``device``; ``None`` when the rules exclude it."""
+        settings = self.settings
+        if settings.type_method is AssetTypeMethod.FIELD:
+            assert settings.type_field is not None
+            value = _text(device_value(device, settings.type_field))
+            if value is not None and value.lower() in self.type_values:
+                return self.type_values[value.lower()]
+            if value is not None and settings.unmapped_values is UnmappedTypeValue.CREATE:
+                return value[:255]
+            return settings.type
+        if settings.type_method is AssetTypeMethod.RULES:
+            for rule in settings.type_rules:
+                if all(condition_holds(c, device) for c in rule.conditions):
+                    return rule.type
+            return None if settings.unmatched is UnmatchedDevice.EXCLUDE else settings.type
+        return settings.type
+
+    def type_id(self, connection: Connection, name: str) -> int:
+        key = name.strip().lower()
+        if key not in self._types:
+            table = schema.asset_types
+            found = connection.execute(
+                sa.select(table.c.id)
+                .where(sa.func.lower(table.c.name) == key)
+                .order_by(table.c.id)
+                .limit(1)
+            ).scalar_one_or_none()
+            if found is None:
+                found = connection.execute(
+                    sa.insert(table).values(name=name.strip(), created_at=utcnow())
+                ).inserted_primary_key[0]
+            self._types[key] = found
+        return self._types[key]
+
+    # -- sites and users ---------------------------------------------------------------------
+
+    def default_site(self, connection: Connection, target: TenantTarget) -> int:
+        name = self.settings.default_site
+        if not name or name.lower() == MAIN_SITE.lower():
+            assert target.main_site_id is not None
+            return target.main_site_id
+        assert target.customer_id is not None
+        key = (target.customer_id, name.lower())
+        if key not in self._sites:
+            sites = schema.sites
+            site_id = connection.execute(
+                sa.select(sites.c.id)
+                .where(
+                    sites.c.customer_id == target.customer_id,
+                    sa.func.lower(sites.c.name) == key[1],
+                )
+                .limit(1)
+            ).scalar_one_or_none()
+            if site_id is None:
+                now = utcnow()
+                site_id = connection.execute(
+                    sa.insert(sites).values(
+                        customer_id=target.customer_id,
+                        name=name,
+                        is_main=False,
+                        active=True,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]
+            self._sites[key] = site_id
+        return self._sites[key]
+
+    def owners(
+        self, connection: Connection, target: TenantTarget, devices: Sequence[ManagedDevice]
+    ) -> dict[str, Row[Any]]:
+        """The PSA user of each device that has one, by the configured user field."""
+        users = schema.users
+        if self.settings.user_matching is AssetUserMatching.USER:
+            field, column, scope = "user_id", users.c.external_id, users.c.tenant_ref
+        else:
+            field, column, scope = {
+                DeviceUserField.USER_PRINCIPAL_NAME: (
+                    "user_principal_name",
+                    users.c.user_principal_name,
+                    users.c.tenant_ref,
+                ),
+                DeviceUserField.USER_ID: ("user_id", users.c.external_id, users.c.tenant_ref),
+                DeviceUserField.EMAIL_ADDRESS: (
+                    "email_address",
+                    users.c.email,
+                    users.c.customer_id,
+                ),
+            }[self.settings.user_field]
+        keys = {
+            device.device_id: key.lower()
+            for device in devices
+            if (key := _text(getattr(device, field)))
+        }
+        if not keys:
+            return {}
+        scope_value = target.tenant_ref if scope is users.c.tenant_ref else target.customer_id
+        found: dict[str, list[Row[Any]]] = {}
+        for row in connection.execute(
+            sa.select(users.c.id, users.c.site_id, column.label("key"))
+            .where(
+                scope == scope_value,
+                users.c.active.is_(True),
+                sa.func.lower(column).in_(set(keys.values())),
+            )
+            .order_by(users.c.id)
+        ):
+            found.setdefault(str(row.key).lower(), []).append(row)
+        # A user field two PSA users share names no one: the device goes to the default site.
+        return {
+            device_id: rows[0]
+            for device_id, key in keys.items()
+            if len(rows := found.get(key, [])) == 1
+        }
+
+    # -- matching keys and columns -----------------------------------------------------------
+
+    def match_key(self, device: ManagedDevice) -> str | None:
+        """The global matching field's value, normalised; ``None`` if it identifies nothing."""
+        field = self.settings.matching_field
+        if field is AssetMatchingField.NONE:
+            return None
+        value = _text(getattr(device, field.value))
+        if value is None:
+            return None
+        key = value.casefold()
+        if field is AssetMatchingField.SERIAL_NUMBER and self.junk_serial(key):
+            return None
+        return key[:255]
+
+    def junk_serial(self, key: str) -> bool:
+        # Placeholders, and a serial of one repeated character ("0000000", "xxxx").
+        return key in self.junk or len(set(key)) <= 1
+
+    def columns(self, device: ManagedDevice, row: Row[Any] | None) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field, source in self.field_map.items():
+            raw = device_value(device, source)
+            if field in _DATE_FIELDS:
+                values[field] = _date(raw)
+            else:
+                text = _text(raw)
+                values[field] = text[: _WIDTHS.get(field, 255)] if text else None
+        custom = dict(row.custom_fields or {}) if row is not None else {}
+        for name, source in self.custom_map.items():
+            custom[name] = _json_safe(_text(device_value(device, source)))
+        values["custom_fields"] = custom
+        values["attributes"] = _json_safe(dict(device.attributes))
+        values["match_key"] = self.match_key(device)
+        return values
+
+    @cached_property
+    def statuses(self) -> tuple[str, str]:
+        return self.settings.new_status, self.settings.deleted_status
+
+
+# --- matching ----------------------------------------------------------------------------
+
+
+def find_assets(
+    connection: Connection,
+    target: TenantTarget,
+    devices: Mapping[str, ManagedDevice],
+    keys: Mapping[str, str | None],
+    *,
+    run_id: int | None,
+) -> tuple[dict[str, Row[Any]], dict[str, str]]:
+    """The asset of each device (by Intune device ID, then by matching key), and the
+    devices whose key another device of this tenant claims in this run (with why)."""
+    table = schema.assets
+    ids = list(devices)
+    matched = {
+        row.external_id: row
+        for row in connection.execute(
+            sa.select(table).where(
+                table.c.tenant_ref == target.tenant_ref, table.c.external_id.in_(ids)
+            )
+        )
+    }
+    wanted = {key for key in keys.values() if key}
+    if not wanted:
+        return matched, {}
+    # Devices of this tenant seen already this run, holding one of these keys.
+    claimed = {
+        row.match_key: row.external_id
+        for row in connection.execute(
+            sa.select(table.c.match_key, table.c.external_id).where(
+                table.c.tenant_ref == target.tenant_ref,
+                table.c.match_key.in_(wanted),
+                table.c.seen_run_id == run_id,
+                table.c.external_id.not_in(ids),
+            )
+        )
+    }
+    duplicates: dict[str, str] = {}
+    first_in_batch: dict[str, str] = {}
+    for device_id, key in keys.items():
+        if not key:
+            continue
+        other = claimed.get(key) or first_in_batch.get(key)
+        if other is not None and other != device_id:
+            duplicates[device_id] = (
+                f"device {device_id} has the serial or matching value {key!r} of device "
+                f"{other}: each keeps its own asset; correct the value in Intune"
+            )
+        else:
+            first_in_batch.setdefault(key, device_id)
+    free = sa.or_(
+        table.c.external_id.is_(None),
+        sa.and_(
+            table.c.tenant_ref == target.tenant_ref,
+            table.c.external_id.not_in(ids),
+            sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != run_id),
+        ),
+    )
+    candidates: dict[str, list[Row[Any]]] = {}
+    for row in connection.execute(
+        sa.select(table)
+        .where(table.c.customer_id == target.customer_id, table.c.match_key.in_(wanted), free)
+        .order_by(table.c.id)
+    ):
+        candidates.setdefault(row.match_key, []).append(row)
+    taken = {row.id for row in matched.values()}
+    for device_id, key in keys.items():
+        if device_id in matched or not key or device_id in duplicates:
+            continue
+        rows = [row for row in candidates.get(key, []) if row.id not in taken]
+        if len(rows) == 1:
+            matched[device_id] = rows[0]
+            taken.add(rows[0].id)
+    return matched, duplicates
