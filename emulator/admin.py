@@ -16,6 +16,7 @@ between syncs (the same operations as `World`'s methods).
 | ``DELETE /_admin/tenants/{t}/groups/{g}/members/{member}`` | take a member out of a group |
 | ``POST /_admin/change-users`` | ``{"fraction": 0.01}``: change that share of all users |
 | ``POST /_admin/tenants/{t}/devices``, ``PATCH``/``DELETE .../devices/{id}`` | devices |
+| ``POST /_admin/tenants/{t}/odd-serials`` | junk and duplicated serials (`World.give_odd_serials`); answers device id → serial |
 | ``PUT /_admin/tenants/{t}/subscriptions/{id}/quantity`` | ``{"quantity": n}`` |
 | ``POST /_admin/tenants/{t}/expire-delta`` | make the tenant's delta tokens expire |
 | ``POST /_admin/faults``, ``DELETE /_admin/faults`` | inject a `Fault` (JSON of its fields), or clear all |
@@ -194,6 +195,11 @@ def register(emulator: Emulator) -> None:
         else:
             world.remove_device(tenant, device_id)
         return Response(status=204)
+
+    @route("/_admin/tenants/<tenant>/odd-serials", endpoint="admin.odd_serials", methods=("POST",))
+    @guarded
+    def odd_serials(emu: Emulator, request: Request, tenant: str) -> Response:
+        return json_response(world.give_odd_serials(tenant))
 
     @route(
         "/_admin/tenants/<tenant>/subscriptions/<subscription_id>/quantity",

@@ -14,6 +14,7 @@ caller's token, following Microsoft's documented samples field for field:
 | ``/groups``, ``/groups/{id}``, ``/groups/delta`` | api/group-list.md, api/group-get.md, api/group-delta.md |
 | ``/groups/{id}/transitiveMembers[/microsoft.graph.user]`` | api/group-list-transitivemembers.md |
 | ``/deviceManagement/managedDevices[/{id}]`` | api/intune-devices-manageddevice-list.md |
+| ``/users/{id or userPrincipalName}/managedDevices`` | api/intune-devices-manageddevice-list.md (its older revisions list ``GET /users/{usersId}/managedDevices``) |
 | ``/organization`` | api/organization-list.md |
 
 ``@odata.context`` keeps Graph's own host, as Graph writes it; ``@odata.nextLink`` and
@@ -1627,7 +1628,7 @@ DEVICE_FIELDS: dict[str, Callable[[Device, Any], Any]] = {
     ),
     "deviceActionResults": _empty,
     "enrolledDateTime": lambda d, c: _stamp(d.enrolledDateTime),
-    "lastSyncDateTime": lambda d, c: _stamp(d.lastSyncDateTime),
+    "lastSyncDateTime": lambda d, c: _stamp(d.lastSyncDateTime) or NEVER,
     "operatingSystem": _attr("operatingSystem"),
     "complianceState": _attr("complianceState"),
     "jailBroken": lambda d, c: "False" if d.operatingSystem in ("iOS", "Android") else "Unknown",
@@ -1711,7 +1712,33 @@ def _render_device(device: Device, selected: list[str]) -> dict[str, Any]:
     return body
 
 
-def _intune_customer(emu: Emulator, request: Request) -> Customer:
+#: Intune's own words for a token without a device permission (its 403 "Forbidden", whose
+#: message is a JSON document: mondoohq/cnspec#1708, maester365/maester#1395), rather than
+#: the directory's Authorization_RequestDenied.
+INTUNE_HOST = "https://fef.msua06.manage.microsoft.com/DeviceFE/StatelessDeviceFEService"
+INTUNE_API_VERSION = "2024-06-14"
+
+
+def _intune_denied(path: str) -> GraphFailure:
+    message = {
+        "_version": 3,
+        "Message": "Application is not authorized to perform this operation. Application must "
+        f"have one of the following scopes: {', '.join(READ_DEVICES)} - Operation ID (for "
+        "customer support): 00000000-0000-0000-0000-000000000000 - Activity ID: "
+        f"{uuid.uuid4()} - Url: {INTUNE_HOST}{path}?api-version={INTUNE_API_VERSION}",
+        "CustomApiErrorPhrase": "",
+        "RetryAfter": None,
+        "ErrorSourceService": "",
+        "HttpHeaders": "{}",
+    }
+    return GraphFailure(403, "Forbidden", json.dumps(message, indent=2).replace("\n", "\r\n"))
+
+
+def _intune_customer(emu: Emulator, request: Request, path: str) -> Customer:
+    token = emu.authorize(request, app.GRAPH)
+    granted = _granted(token)
+    if granted is not None and not granted.intersection(READ_DEVICES):
+        raise _intune_denied(path)
     _token, customer = _customer(emu, request, READ_DEVICES)
     if not customer.has_intune:
         # What Graph answers a tenant without an Intune licence (intune-devices-manageddevice-list.md:
@@ -1720,32 +1747,47 @@ def _intune_customer(emu: Emulator, request: Request) -> Customer:
     return customer
 
 
-def list_managed_devices(emu: Emulator, request: Request) -> Response:
-    customer = _intune_customer(emu, request)
+def _device_page_size(emu: Emulator, options: dict[str, str]) -> int:
+    """``$top`` capped at the page size (`DEVICE_PAGE`, or ``emu.state["graph.device_page"]``
+    when a test wants several pages of a small tenant)."""
+    largest = int(emu.state.get("graph.device_page", DEVICE_PAGE))
+    raw_top = options.get("$top")
+    if raw_top is None:
+        return largest
+    if not raw_top.isdigit() or int(raw_top) < 1:
+        raise GraphFailure(
+            400, "BadRequest", f"Invalid value '{raw_top}' for the $top query option."
+        )
+    return min(int(raw_top), largest)
+
+
+def _device_collection(
+    emu: Emulator,
+    request: Request,
+    customer: Customer,
+    *,
+    path: str,
+    context: str,
+    collection: str,
+    keep: Callable[[Device], bool],
+) -> Response:
     options = _options(request)
     selected, chose = _select(options, DEVICE, DEVICE_DEFAULT)
-    raw_top = options.get("$top")
-    size = DEVICE_PAGE
-    if raw_top is not None:
-        if not raw_top.isdigit() or int(raw_top) < 1:
-            raise GraphFailure(
-                400, "BadRequest", f"Invalid value '{raw_top}' for the $top query option."
-            )
-        size = min(int(raw_top), DEVICE_PAGE)
+    size = _device_page_size(emu, options)
     matches = _predicate(options, DEVICE, DEVICE_FILTERABLE, "managedDevice")
     with emu.world.lock:
         devices = customer.devices
 
         def accept(device_id: str) -> Device | None:
             device = devices.get(device_id)
-            return device if device is not None and matches(device) else None
+            return device if device is not None and keep(device) and matches(device) else None
 
         return _collection(
             emu,
-            "/deviceManagement/managedDevices",
+            path,
             options,
-            context=_context("deviceManagement/managedDevices", selected if chose else None),
-            collection="managedDevices",
+            context=_context(context, selected if chose else None),
+            collection=collection,
             tenant=customer.tenant_id,
             ids=_sorted_ids(emu, customer.tenant_id, "devices", devices),
             accept=accept,
@@ -1754,8 +1796,40 @@ def list_managed_devices(emu: Emulator, request: Request) -> Response:
         )
 
 
+def list_managed_devices(emu: Emulator, request: Request) -> Response:
+    path = "/deviceManagement/managedDevices"
+    customer = _intune_customer(emu, request, path)
+    return _device_collection(
+        emu,
+        request,
+        customer,
+        path=path,
+        context="deviceManagement/managedDevices",
+        collection="managedDevices",
+        keep=lambda device: True,
+    )
+
+
+def user_managed_devices(emu: Emulator, request: Request, user_key: str) -> Response:
+    """A user's devices: those whose primary user the user is, and shared ones listing them
+    (``Device.sharedWith``). The page's context names the user as Graph does for a
+    navigation (``$metadata#users('{id}')/managedDevices``)."""
+    customer = _intune_customer(emu, request, f"/users('{user_key}')/managedDevices")
+    with emu.world.lock:
+        user = _find_user(emu, customer, user_key)
+    return _device_collection(
+        emu,
+        request,
+        customer,
+        path=f"/users/{user.id}/managedDevices",
+        context=f"users('{user.id}')/managedDevices",
+        collection=f"users/{user.id}/managedDevices",
+        keep=lambda device: device.userId == user.id or user.id in device.sharedWith,
+    )
+
+
 def get_managed_device(emu: Emulator, request: Request, device_id: str) -> Response:
-    customer = _intune_customer(emu, request)
+    customer = _intune_customer(emu, request, f"/deviceManagement/managedDevices('{device_id}')")
     selected, chose = _select(_options(request), DEVICE, DEVICE_DEFAULT)
     with emu.world.lock:
         device = customer.devices.get(device_id)
@@ -2223,6 +2297,12 @@ def register(emulator: Emulator) -> None:
         ("/deviceManagement/managedDevices",),
         "graph.managed_devices",
         list_managed_devices,
+        "intune-devices-manageddevice-list.md",
+    )
+    add(
+        ("/users/<user_key>/managedDevices",),
+        "graph.user_managed_devices",
+        user_managed_devices,
         "intune-devices-manageddevice-list.md",
     )
     add(

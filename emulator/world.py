@@ -26,6 +26,9 @@ import attrs
 EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 JUNK_SERIALS = ("System Serial Number", "To Be Filled By O.E.M.", "Default string", "0123456789")
+#: The serials asset matching must survive (`World.give_odd_serials`): each junk value firmware
+#: leaves, and none at all (Intune reports an unknown serial as "").
+ODD_SERIALS = (*JUNK_SERIALS, "")
 
 FIRST_NAMES = (
     "Adele",
@@ -341,7 +344,8 @@ class Device:
     complianceState: str
     managementAgent: str
     enrolledDateTime: datetime
-    lastSyncDateTime: datetime
+    #: None for a device that never synced (Graph then says 0001-01-01T00:00:00Z).
+    lastSyncDateTime: datetime | None
     imei: str
     wiFiMacAddress: str
     azureADDeviceId: str
@@ -349,6 +353,9 @@ class Device:
     emailAddress: str
     userDisplayName: str
     deviceType: str
+    #: Users besides ``userId`` whose ``/users/{id}/managedDevices`` list the device too (a
+    #: shared device, or one enrolled by someone other than its primary user).
+    sharedWith: list[str] = attrs.field(factory=list)
 
 
 @attrs.define(eq=False)
@@ -394,6 +401,8 @@ class Customer:
     #: Whether the partner's GDAP app has a service principal here (admin consent given).
     consented: bool
     has_intune: bool = True
+    #: What `World.give_odd_serials` gave: device id → serial.
+    odd_serials: dict[str, str] = attrs.field(factory=dict)
     users: dict[str, User] = attrs.field(factory=dict)
     groups: dict[str, Group] = attrs.field(factory=dict)
     devices: dict[str, Device] = attrs.field(factory=dict)
@@ -605,6 +614,31 @@ class World:
         with self.lock:
             del self.customer(tenant_id).devices[device_id]
 
+    def give_odd_serials(self, tenant_id: str) -> dict[str, str]:
+        """Give the tenant's devices the serials asset matching must survive, and return
+        what was given (device id → serial; also kept in ``Customer.odd_serials``).
+
+        One device gets each of `ODD_SERIALS` (the placeholders firmware leaves, and ""), and
+        two more share one real-looking serial. Devices are added first if the tenant has
+        fewer than seven. Which devices, and the shared serial, depend only on the world's
+        seed and the tenant, not on the world's random stream, so a world generated without
+        this is unchanged, and one generated with it is the same on every run.
+        """
+        with self.lock:
+            customer = self.customer(tenant_id)
+            while len(customer.devices) < len(ODD_SERIALS) + 2:
+                self.add_device(tenant_id)
+            rng = random.Random(f"{self.seed}|{customer.tenant_id}|serials")
+            chosen = rng.sample(sorted(customer.devices), len(ODD_SERIALS) + 2)
+            given = dict(zip(chosen, ODD_SERIALS, strict=False))
+            first, second = (customer.devices[i] for i in chosen[len(ODD_SERIALS) :])
+            shared = f"{first.manufacturer[:2].upper()}{rng.randrange(10**8):08d}"
+            given[first.id] = given[second.id] = shared
+            for device_id, serial in given.items():
+                customer.devices[device_id].serialNumber = serial
+            customer.odd_serials.update(given)
+            return given
+
     def set_quantity(self, tenant_id: str, subscription_id: str, quantity: int) -> Subscription:
         with self.lock:
             customer = self.customer(tenant_id)
@@ -745,10 +779,19 @@ def _make_device(world: World, customer: Customer, index: int, **fields: Any) ->
 
 
 def generate(
-    *, seed: int = 1, customers: int = 3, users: int = 25, devices: int = 10, partners: int = 1
+    *,
+    seed: int = 1,
+    customers: int = 3,
+    users: int = 25,
+    devices: int = 10,
+    partners: int = 1,
+    odd_serials: bool = False,
 ) -> World:
     """A world of ``partners`` partners sharing ``customers`` customers, each with about
     ``users`` users and ``devices`` devices (sizes vary ±20% per tenant).
+
+    ``odd_serials``: give every customer's devices the junk and duplicated serials of
+    `World.give_odd_serials` (kept in each ``Customer.odd_serials``).
 
     The first five customers cover the ways a partner reaches a tenant: reseller and GDAP,
     GDAP only, reseller only, an expired GDAP relationship, and an active one whose admin has
@@ -937,4 +980,7 @@ def generate(
                     )
     # The first invoice is the one billing the last period's rows.
     world.invoices = [f"G{rng.randrange(10**9):09d}" for _ in range(2)]
+    if odd_serials:
+        for tenant_id in list(world.customers):
+            world.give_odd_serials(tenant_id)
     return world

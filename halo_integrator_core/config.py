@@ -478,7 +478,8 @@ class UserSettings:
 
 #: Intune managed-device properties rules and field mappings may read, by their Microsoft
 #: names (microsoftgraph/microsoft-graph-docs-contrib, api-reference/v1.0/resources/
-#: intune-devices-manageddevice.md).
+#: intune-devices-manageddevice.md). Beta-only ones (deviceType, chassisType,
+#: enrollmentProfileName) are refused by v1.0 with 400, so they are not here.
 DEVICE_PROPERTIES = frozenset(
     {
         "id", "userId", "deviceName", "managedDeviceOwnerType", "enrolledDateTime",
@@ -495,7 +496,7 @@ DEVICE_PROPERTIES = frozenset(
         "subscriberCarrier", "meid", "totalStorageSpaceInBytes", "freeStorageSpaceInBytes",
         "managedDeviceName", "partnerReportedThreatState", "requireUserEnrollmentApproval",
         "managementCertificateExpirationDate", "iccid", "udid", "notes", "ethernetMacAddress",
-        "physicalMemoryInBytes", "enrollmentProfileName", "deviceType",
+        "physicalMemoryInBytes",
     }
 )  # fmt: skip
 

@@ -199,8 +199,8 @@ class UserQuery:
 class AssetQuery:
     """What the core's asset rules need from ``fetch_assets``.
 
-    ``properties``: extra device properties, by their Microsoft names (``deviceType``,
-    ``chassisType``), that asset-type rules and field mappings read: the plugin selects them
+    ``properties``: extra device properties, by their Microsoft names
+    (``deviceCategoryDisplayName``, ``managedDeviceOwnerType``), that asset-type rules and field mappings read: the plugin selects them
     and puts each in the record's ``attributes`` under that name (``None`` when empty).
     ``per_user``: the guide's older "user method": read each directory user's own managed
     devices (so ``ManagedDevice.user_id`` is the user whose list held the device) instead of

@@ -3,6 +3,7 @@ licences, Intune devices, GDAP, and conformance with Microsoft's documented samp
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -675,6 +676,89 @@ def test_managed_devices_page_filter_and_ms_sense(emulator):
     assert message == "Request not applicable to target tenant."
 
 
+def test_a_users_managed_devices_are_those_listing_the_user(emulator):
+    world = emulator.world
+    tenant = customer(emulator)
+    bearer = token(emulator)
+    owner, other = sorted(
+        (u for u in tenant.users.values() if u.removed is None and u.userType == "Member"),
+        key=lambda u: u.id,
+    )[:2]
+    for _ in range(5):
+        world.add_device(
+            tenant.tenant_id, userId=owner.id, userPrincipalName=owner.userPrincipalName
+        )
+    shared = world.add_device(tenant.tenant_id, userId=other.id, sharedWith=[owner.id])
+    emulator.app.state["graph.device_page"] = 2
+    found = pages(emulator, f"/users/{owner.id}/managedDevices", bearer)
+    assert len(found) > 1 and all(len(page["value"]) <= 2 for page in found)
+    assert found[0]["@odata.context"] == (
+        f"https://graph.microsoft.com/v1.0/$metadata#users('{owner.id}')/managedDevices"
+    )
+    ids = [d["id"] for page in found for d in page["value"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {
+        d.id for d in tenant.devices.values() if d.userId == owner.id or owner.id in d.sharedWith
+    }
+    assert shared.id in ids
+    by_upn = pages(
+        emulator, f"/users/{owner.userPrincipalName}/managedDevices?$select=id,serialNumber", bearer
+    )
+    assert {d["id"] for page in by_upn for d in page["value"]} == set(ids)
+    assert set(by_upn[0]["value"][0]) == {"@odata.type", "id", "serialNumber"}
+    assert shared.id in {
+        d["id"]
+        for page in pages(emulator, f"/users/{other.id}/managedDevices", bearer)
+        for d in page["value"]
+    }
+    error_of(
+        call(emulator, "/users/00000000-0000-4000-8000-000000000000/managedDevices", bearer),
+        404,
+        "Request_ResourceNotFound",
+    )
+    unprivileged = token(emulator, roles=("User.Read.All",))
+    error_of(call(emulator, f"/users/{owner.id}/managedDevices", unprivileged), 403, "Forbidden")
+    tenant.has_intune = False
+    error_of(call(emulator, f"/users/{owner.id}/managedDevices", bearer), 400, "BadRequest")
+
+
+def test_a_device_that_never_synced_says_never(emulator):
+    tenant = customer(emulator)
+    device = emulator.world.add_device(tenant.tenant_id, lastSyncDateTime=None)
+    body = get(emulator, f"/deviceManagement/managedDevices/{device.id}", token(emulator))
+    assert body["lastSyncDateTime"] == NEVER
+
+
+def test_odd_serials_are_given_deterministically_by_seed():
+    from halo_microsoft_emulator.world import JUNK_SERIALS, ODD_SERIALS, generate
+
+    world = generate(seed=11, customers=2, users=5, devices=3, odd_serials=True)
+    again = generate(seed=11, customers=2, users=5, devices=3, odd_serials=True)
+    for tenant, twin in zip(world.customers.values(), again.customers.values(), strict=True):
+        assert tenant.odd_serials == twin.odd_serials and len(tenant.odd_serials) == 7
+        serials = [tenant.devices[i].serialNumber for i in tenant.odd_serials]
+        assert sorted(s for s in serials if s in ODD_SERIALS) == sorted(ODD_SERIALS)
+        [(duplicate, count)] = [(s, serials.count(s)) for s in set(serials) if s not in ODD_SERIALS]
+        assert count == 2 and duplicate not in JUNK_SERIALS
+        everywhere = [d.serialNumber for d in tenant.devices.values()]
+        assert everywhere.count(duplicate) == 2
+    # Without the option the world is what it always was.
+    plain = generate(seed=11, customers=2, users=5, devices=3)
+    assert all(not c.odd_serials for c in plain.customers.values())
+    assert [c.tenant_id for c in plain.customers.values()] == list(world.customers)
+
+
+def test_odd_serials_through_the_admin_api(emulator):
+    tenant = customer(emulator)
+    response = requests.post(
+        f"{emulator.base_url}/_admin/tenants/{tenant.tenant_id}/odd-serials",
+        verify=str(emulator.ca_bundle),
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == tenant.odd_serials and len(tenant.odd_serials) == 7
+
+
 # -- organization and GDAP ---------------------------------------------------------------------------------------
 
 
@@ -761,10 +845,15 @@ def test_tokens_are_checked(emulator):
     unprivileged = token(emulator, roles=("Organization.Read.All",))
     message = error_of(call(emulator, "/users", unprivileged), 403, "Authorization_RequestDenied")
     assert message == "Insufficient privileges to complete the operation."
-    error_of(
-        call(emulator, "/deviceManagement/managedDevices", unprivileged),
-        403,
-        "Authorization_RequestDenied",
+    # Intune refuses in its own words: a JSON document naming the scopes it wants.
+    denied = json.loads(
+        error_of(call(emulator, "/deviceManagement/managedDevices", unprivileged), 403, "Forbidden")
+    )
+    assert denied["_version"] == 3
+    assert denied["Message"].startswith(
+        "Application is not authorized to perform this operation. Application must have one "
+        "of the following scopes: DeviceManagementManagedDevices.Read.All, "
+        "DeviceManagementManagedDevices.ReadWrite.All - "
     )
     error_of(
         call(emulator, "/users", token(emulator, partner_of(emulator).tenant_id)),

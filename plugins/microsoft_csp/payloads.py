@@ -10,6 +10,8 @@ from datetime import datetime
 
 import attrs
 
+from halo_integrator_core.translation import field_key
+
 
 @attrs.frozen
 class CompanyProfile:
@@ -123,3 +125,29 @@ class GraphUser:
     user_type: str | None = None
     usage_location: str | None = None
     assigned_licenses: list[AssignedLicense] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class GraphManagedDevice:
+    """Graph ``managedDevice`` (api-reference/v1.0/resources/intune-devices-manageddevice.md),
+    the properties `devices.DEVICE_SELECT` asks for."""
+
+    id: str
+    device_name: str | None = None
+    serial_number: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    operating_system: str | None = None
+    os_version: str | None = None
+    compliance_state: str | None = None
+    last_sync_date_time: datetime | None = None
+    enrolled_date_time: datetime | None = None
+    imei: str | None = None
+    wi_fi_mac_address: str | None = None
+    azure_ad_device_id: str | None = attrs.field(
+        default=None, metadata=field_key("azureADDeviceId")
+    )
+    management_agent: str | None = None
+    user_id: str | None = None
+    user_principal_name: str | None = None
+    email_address: str | None = None

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from halo_integrator_core import ModuleContext, ModuleSpec, Tenant, UserQuery, hookimpl
+from halo_integrator_core import (
+    AssetQuery,
+    ModuleContext,
+    ModuleSpec,
+    Tenant,
+    UserQuery,
+    hookimpl,
+)
 
-from . import directory, users
+from . import devices, directory, users
 from .settings import MicrosoftCspSettings
 
 MODULE = ModuleSpec(
@@ -42,6 +49,13 @@ def fetch_users(
 
 
 @hookimpl
+def fetch_assets(
+    context: ModuleContext, tenant: Tenant, bookmark: str | None, query: AssetQuery
+) -> Iterator[Any]:
+    return devices.fetch_assets(context, tenant, bookmark, query)
+
+
+@hookimpl
 def fetch_subscriptions(
     context: ModuleContext, tenant: Tenant, bookmark: str | None
 ) -> Iterator[Any]:
@@ -51,7 +65,7 @@ def fetch_subscriptions(
 @hookimpl
 def register_commands(cli) -> None:  # cli: click.Group
     """``halo-integrator csp ...``: authorize, status, disconnect, consent-url, consent,
-    tenants, map."""
+    tenants, map, site-mappings."""
     from .commands import csp  # the command line's code, kept out of a sync's imports
 
     cli.add_command(csp)
