@@ -858,6 +858,7 @@ def demo_command(
         "export --what licences",
         "export --what subscriptions",
         "export --what users",
+        "export --what assets",
         "export --what runs",
         "csp tenants",
         "csp status",

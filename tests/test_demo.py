@@ -76,6 +76,19 @@ def test_the_demo_syncs_the_emulator_and_leaves_a_store_to_read(tmp_path):
         for u in users
     )
     assert any(u["email"] and u["job_title"] and u["department"] for u in users)
+    user_names = {u["user_principal_name"] for u in users}
+    assets = export("assets")
+    assert {a["tenant_id"] for a in assets} <= readable and assets
+    assert all(
+        a["asset_type"] == "Intune Device"
+        and a["status"] == "Active"
+        and a["customer"]
+        and a["site"]
+        and a["device_name"]
+        and a["operating_system"]
+        for a in assets
+    )
+    assert any(a["user"] in user_names for a in assets)
     status = run("--config", str(config), "csp", "status", cwd=tmp_path)
     assert status.returncode == 0 and "authorized as admin@" in status.stdout
 
