@@ -34,7 +34,7 @@ from ..config import (
 )
 from ..models import AssetQuery, ManagedDevice
 from ..store import schema, utcnow
-from .mapping import MAIN_SITE, TenantTarget, _json_safe, utc
+from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, text_value, utc
 
 #: Intune properties every `ManagedDevice` carries in a field of its own.
 STANDARD_PROPERTIES: Mapping[str, str] = {
@@ -80,21 +80,10 @@ def device_value(device: ManagedDevice, name: str) -> Any:
     return device.attributes.get(name)
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    text = str(value).strip()
-    return text or None
-
-
 def _date(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return utc(value)
-    text = _text(value)
+    text = text_value(value)
     if text is None:
         return None
     try:
@@ -104,7 +93,7 @@ def _date(value: Any) -> datetime | None:
 
 
 def condition_holds(condition: DeviceCondition, device: ManagedDevice) -> bool:
-    text = (_text(device_value(device, condition.field)) or "").lower()
+    text = (text_value(device_value(device, condition.field)) or "").lower()
     wanted = condition.value.strip().lower()
     operator = condition.operator
     if operator is DeviceOperator.EQUALS:
@@ -142,7 +131,7 @@ class AssetRules:
         )
         self.type_values = {k.strip().lower(): v for k, v in settings.type_values.items()}
         self._types: dict[str, int] = {}
-        self._sites: dict[tuple[int, str], int] = {}
+        self.sites = SiteFinder()
 
     def query(self) -> AssetQuery:
         settings = self.settings
@@ -164,7 +153,7 @@ class AssetRules:
         settings = self.settings
         if settings.type_method is AssetTypeMethod.FIELD:
             assert settings.type_field is not None
-            value = _text(device_value(device, settings.type_field))
+            value = text_value(device_value(device, settings.type_field))
             if value is not None and value.lower() in self.type_values:
                 return self.type_values[value.lower()]
             if value is not None and settings.unmapped_values is UnmappedTypeValue.CREATE:
@@ -202,31 +191,9 @@ class AssetRules:
             assert target.main_site_id is not None
             return target.main_site_id
         assert target.customer_id is not None
-        key = (target.customer_id, name.lower())
-        if key not in self._sites:
-            sites = schema.sites
-            site_id = connection.execute(
-                sa.select(sites.c.id)
-                .where(
-                    sites.c.customer_id == target.customer_id,
-                    sa.func.lower(sites.c.name) == key[1],
-                )
-                .limit(1)
-            ).scalar_one_or_none()
-            if site_id is None:
-                now = utcnow()
-                site_id = connection.execute(
-                    sa.insert(sites).values(
-                        customer_id=target.customer_id,
-                        name=name,
-                        is_main=False,
-                        active=True,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                ).inserted_primary_key[0]
-            self._sites[key] = site_id
-        return self._sites[key]
+        site_id = self.sites.find(connection, target.customer_id, name, create=True)
+        assert site_id is not None
+        return site_id
 
     def owners(
         self, connection: Connection, target: TenantTarget, devices: Sequence[ManagedDevice]
@@ -252,7 +219,7 @@ class AssetRules:
         keys = {
             device.device_id: key.lower()
             for device in devices
-            if (key := _text(getattr(device, field)))
+            if (key := text_value(getattr(device, field)))
         }
         if not keys:
             return {}
@@ -282,7 +249,7 @@ class AssetRules:
         field = self.settings.matching_field
         if field is AssetMatchingField.NONE:
             return None
-        value = _text(getattr(device, field.value))
+        value = text_value(getattr(device, field.value))
         if value is None:
             return None
         key = value.casefold()
@@ -301,11 +268,11 @@ class AssetRules:
             if field in _DATE_FIELDS:
                 values[field] = _date(raw)
             else:
-                text = _text(raw)
+                text = text_value(raw)
                 values[field] = text[: _WIDTHS.get(field, 255)] if text else None
         custom = dict(row.custom_fields or {}) if row is not None else {}
         for name, source in self.custom_map.items():
-            custom[name] = _json_safe(_text(device_value(device, source)))
+            custom[name] = _json_safe(text_value(device_value(device, source)))
         values["custom_fields"] = custom
         values["attributes"] = _json_safe(dict(device.attributes))
         values["match_key"] = self.match_key(device)

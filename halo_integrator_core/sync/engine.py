@@ -676,30 +676,46 @@ class _EntityUnit:
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed or not row.active:
                 updates.append(
-                    {f"b_{k}": v for k, v in values.items()}
-                    | {"b_id": row.id, "b_updated_at": now, "b_seen_run_id": run.run_id}
+                    self.update_of(row, values | {"active": True, "inactive_since": None}, now)
                 )
                 self.counts.updated += 1
                 run._change(self.kind, self.tenant_id, entity_id, "updated", changed or ("active",))
             else:
                 unchanged.append(row.id)
                 self.counts.unchanged += 1
+        self.write(inserts, updates, unchanged)
+
+    def update_of(self, row: Any, values: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """One row's update, as `write` takes it."""
+        return {f"b_{k}": v for k, v in values.items()} | {
+            "b_id": row.id,
+            "b_updated_at": now,
+            "b_seen_run_id": self.run_state.run_id,
+        }
+
+    def write(
+        self, inserts: list[dict[str, Any]], updates: list[dict[str, Any]], unchanged: list[int]
+    ) -> None:
+        """A batch's writes: new rows, changed rows (one statement per column set), and the
+        unchanged rows marked seen."""
+        table = self.table
         if inserts:
             self.connection.execute(sa.insert(table), inserts)
-        if updates:
-            columns = [k[2:] for k in updates[0] if k != "b_id"]
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for update in updates:
+            by_columns.setdefault(tuple(update), []).append(update)
+        for columns, rows in by_columns.items():
             self.connection.execute(
                 sa.update(table)
                 .where(table.c.id == sa.bindparam("b_id"))
-                .values(
-                    {c: sa.bindparam(f"b_{c}") for c in columns}
-                    | {"active": True, "inactive_since": None}
-                ),
-                updates,
+                .values({c[2:]: sa.bindparam(c) for c in columns if c != "b_id"}),
+                rows,
             )
         if unchanged:
             self.connection.execute(
-                sa.update(table).where(table.c.id.in_(unchanged)).values(seen_run_id=run.run_id)
+                sa.update(table)
+                .where(table.c.id.in_(unchanged))
+                .values(seen_run_id=self.run_state.run_id)
             )
 
     def mark_seen(self, entity_ids: list[str]) -> None:
@@ -806,7 +822,7 @@ class _UserUnit(_EntityUnit):
     def upsert(self, records: list[Any]) -> None:
         if not records:
             return
-        table, run, now = self.table, self.run_state, utcnow()
+        run, now = self.run_state, utcnow()
         users: dict[str, DirectoryUser] = {record.object_id: record for record in records}
         matches = find_matches(
             self.connection,
@@ -871,34 +887,14 @@ class _UserUnit(_EntityUnit):
                 continue
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed:
-                updates.append(
-                    {f"b_{k}": v for k, v in values.items()}
-                    | {
-                        "b_id": row.id,
-                        "b_updated_at": now,
-                        "b_seen_run_id": run.run_id,
-                        "b_inactive_since": None if values["active"] else row.inactive_since or now,
-                    }
-                )
+                since = None if values["active"] else row.inactive_since or now
+                updates.append(self.update_of(row, values | {"inactive_since": since}, now))
                 self.counts.updated += 1
                 run._change(self.kind, self.tenant_id, object_id, "updated", changed)
             else:
                 unchanged.append(row.id)
                 self.counts.unchanged += 1
-        if inserts:
-            self.connection.execute(sa.insert(table), inserts)
-        if updates:
-            columns = [k[2:] for k in updates[0] if k != "b_id"]
-            self.connection.execute(
-                sa.update(table)
-                .where(table.c.id == sa.bindparam("b_id"))
-                .values({c: sa.bindparam(f"b_{c}") for c in columns}),
-                updates,
-            )
-        if unchanged:
-            self.connection.execute(
-                sa.update(table).where(table.c.id.in_(unchanged)).values(seen_run_id=run.run_id)
-            )
+        self.write(inserts, updates, unchanged)
         self.assign_licences(placed)
 
     def deactivated(self, ids: list[int], now: datetime) -> None:
@@ -1007,7 +1003,7 @@ class _AssetUnit(_EntityUnit):
     def upsert(self, records: list[Any]) -> None:
         if not records:
             return
-        table, run, rules, now = self.table, self.run_state, self.rules, utcnow()
+        run, rules, now = self.run_state, self.rules, utcnow()
         devices, types, left_out = {}, {}, []
         for device in records:
             type_name = None if rules.settings.exclude_sense and is_sense(device) else ""
@@ -1032,7 +1028,7 @@ class _AssetUnit(_EntityUnit):
         for device_id, reason in duplicates.items():
             run.problem(Problem(self.kind, self.tenant_id, device_id, "warning", reason))
         owners = rules.owners(self.connection, self.target, list(devices.values()))
-        inserts, unchanged = [], []
+        inserts, updates, unchanged = [], [], []
         for device_id, device in devices.items():
             row = matched.get(device_id)
             owner = owners.get(device_id)
@@ -1068,22 +1064,13 @@ class _AssetUnit(_EntityUnit):
                 continue
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed:
-                self.connection.execute(
-                    sa.update(table)
-                    .where(table.c.id == row.id)
-                    .values(**values, inactive_since=None, updated_at=now, seen_run_id=run.run_id)
-                )
+                updates.append(self.update_of(row, values | {"inactive_since": None}, now))
                 self.counts.updated += 1
                 run._change(self.kind, self.tenant_id, device_id, "updated", changed)
             else:
                 unchanged.append(row.id)
                 self.counts.unchanged += 1
-        if inserts:
-            self.connection.execute(sa.insert(table), inserts)
-        if unchanged:
-            self.connection.execute(
-                sa.update(table).where(table.c.id.in_(unchanged)).values(seen_run_id=run.run_id)
-            )
+        self.write(inserts, updates, unchanged)
 
     def deactivated(self, ids: list[int], now: datetime) -> None:
         self.connection.execute(

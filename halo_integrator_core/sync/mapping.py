@@ -56,17 +56,63 @@ def ensure_customer(connection: Connection, name: str, *, source: str) -> tuple[
         )
     ).scalar_one_or_none()
     if site_id is None:
-        site_id = connection.execute(
-            sa.insert(schema.sites).values(
-                customer_id=customer_id,
-                name=MAIN_SITE,
-                is_main=True,
-                active=True,
-                created_at=now,
-                updated_at=now,
-            )
-        ).inserted_primary_key[0]
+        site_id = _insert_site(connection, customer_id, MAIN_SITE, is_main=True)
     return customer_id, site_id
+
+
+def _insert_site(connection: Connection, customer_id: int, name: str, *, is_main: bool) -> int:
+    now = utcnow()
+    return connection.execute(
+        sa.insert(schema.sites).values(
+            customer_id=customer_id,
+            name=name,
+            is_main=is_main,
+            active=True,
+            created_at=now,
+            updated_at=now,
+        )
+    ).inserted_primary_key[0]
+
+
+class SiteFinder:
+    """Sites of a customer by name, ignoring case, created on request; remembered for the
+    run so that a name is looked up once."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, str], int] = {}
+
+    def find(
+        self, connection: Connection, customer_id: int, name: str, *, create: bool
+    ) -> int | None:
+        key = (customer_id, name.lower())
+        if key not in self._ids:
+            sites = schema.sites
+            site_id = connection.execute(
+                sa.select(sites.c.id)
+                .where(sites.c.customer_id == customer_id, sa.func.lower(sites.c.name) == key[1])
+                .order_by(sites.c.id)
+                .limit(1)
+            ).scalar_one_or_none()
+            if site_id is None:
+                if not create:
+                    return None
+                site_id = _insert_site(connection, customer_id, name, is_main=False)
+            self._ids[key] = site_id
+        return self._ids[key]
+
+
+def text_value(value: Any) -> str | None:
+    """A source value as PSA text: blank is ``None``; a list is its first non-blank item."""
+    if isinstance(value, (list, tuple)):
+        value = next((item for item in value if item not in (None, "")), None)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value).strip()
+    return text or None
 
 
 def apply_config_mappings(connection: Connection, config: Config) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import attrs
@@ -29,8 +28,8 @@ from ..config import (
     UserSettings,
 )
 from ..models import DirectoryUser, UserQuery
-from ..store import schema, utcnow
-from .mapping import MAIN_SITE, TenantTarget, _json_safe, utc
+from ..store import schema
+from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, text_value, utc
 
 #: Directory properties every `DirectoryUser` carries in a field of its own.
 STANDARD_PROPERTIES: Mapping[str, str] = {
@@ -62,24 +61,10 @@ def property_value(user: DirectoryUser, name: str) -> Any:
     return user.attributes.get(name)
 
 
-def _text(value: Any) -> str | None:
-    """A property value as PSA text: blank is ``None``; a list is its first item."""
-    if isinstance(value, (list, tuple)):
-        value = next((item for item in value if item not in (None, "")), None)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    text = str(value).strip()
-    return text or None
-
-
 def _texts(value: Any) -> list[str]:
     """Every text of a property value, lower-cased, for filters (a list has several)."""
     values = value if isinstance(value, (list, tuple)) else [value]
-    return [t.lower() for item in values if (t := _text(item)) is not None]
+    return [t.lower() for item in values if (t := text_value(item)) is not None]
 
 
 def filter_holds(condition: PropertyFilter, user: DirectoryUser) -> bool:
@@ -143,8 +128,7 @@ class UserRules:
         self.clear_when_blank = frozenset(self.settings.clear_when_blank)
         self.service = self.settings.service_accounts
         self._by_customer: dict[int, list[_CompiledMapping]] | None = None
-        #: Site IDs by (customer, lower-cased name), created or looked up this run.
-        self._sites: dict[tuple[int, str], int] = {}
+        self.sites = SiteFinder()
         self._reported: set[int] = set()
 
     # -- mappings --------------------------------------------------------------------------
@@ -248,7 +232,7 @@ class UserRules:
             return None
         if spec.type is SiteMappingType.FIELD:
             assert spec.site_field is not None
-            name = _text(property_value(user, spec.site_field))
+            name = text_value(property_value(user, spec.site_field))
             if name is None:
                 return None  # no value to name a site after: the next mapping may take it
             return self._site(connection, mapping.customer_id, name[:_TEXT_LIMIT], create=True)
@@ -259,31 +243,7 @@ class UserRules:
         return mapping.site_id
 
     def _site(self, connection: Connection, customer_id: int, name: str, *, create: bool) -> Any:
-        key = (customer_id, name.lower())
-        if key in self._sites:
-            return self._sites[key]
-        sites = schema.sites
-        site_id = connection.execute(
-            sa.select(sites.c.id)
-            .where(sites.c.customer_id == customer_id, sa.func.lower(sites.c.name) == key[1])
-            .order_by(sites.c.id)
-            .limit(1)
-        ).scalar_one_or_none()
-        if site_id is None and create:
-            now = utcnow()
-            site_id = connection.execute(
-                sa.insert(sites).values(
-                    customer_id=customer_id,
-                    name=name,
-                    is_main=False,
-                    active=True,
-                    created_at=now,
-                    updated_at=now,
-                )
-            ).inserted_primary_key[0]
-        if site_id is not None:
-            self._sites[key] = site_id
-        return site_id
+        return self.sites.find(connection, customer_id, name, create=create)
 
     # -- what to ask the plugin for --------------------------------------------------------
 
@@ -336,7 +296,7 @@ class UserRules:
         unless the config says so."""
         values: dict[str, Any] = {}
         for field, source in self.field_map.items():
-            value = _text(property_value(user, source))
+            value = text_value(property_value(user, source))
             if value is not None:
                 value = value[:_TEXT_LIMIT] if field not in ("phone", "mobile") else value[:100]
             if value is None and row is not None and field not in self.clear_when_blank:
@@ -344,7 +304,7 @@ class UserRules:
             values[field] = value
         custom = dict(row.custom_fields or {}) if row is not None else {}
         for name, source in self.custom_map.items():
-            value = _text(property_value(user, source))
+            value = text_value(property_value(user, source))
             if value is not None or f"custom_fields.{name}" in self.clear_when_blank:
                 custom[name] = value
         for field, value in placement.values.items():
