@@ -17,7 +17,17 @@ Where the docs are silent, this module chooses (and says so):
   Microsoft's links do (``emulator.state["pc_links_with_v1"] = True`` adds it, as some links do).
   A continuation token serves one request: reused, unknown or another partner's → 400, code 3000.
 * PATCH answers 202 (with ``Location``, no body) when the quantity changes by 100 or more, or
-  when ``emulator.state["pc_patch_async"]`` is true; the change is applied at once.
+  when ``emulator.state["pc_patch_async"]`` is true. The change is applied at once, unless
+  ``emulator.state["pc_patch_pending_polls"]`` is N > 0: then, as the page describes ("query
+  the subscription periodically to monitor the status and quantity changes"), the next N
+  reads of the subscription still show the old quantity and the change lands after them.
+* A partner whose ``Partner.direct`` is false is an indirect (Tier 2) reseller: the commerce
+  relationship with its customers is its indirect provider's, so their subscriptions answer
+  403, code 20002 ("has no commerce relationship with the customer", error-codes.md), where
+  the page documents no answer of its own for that case.
+* The SKU of a subscription (developer/get-a-sku-by-id.md) has ``minimumQuantity`` 1 and
+  ``maximumQuantity`` 300, the bounds the PATCH enforces (code 2002 outside them); the
+  page's new-commerce sample shows 300 for Microsoft 365 Business Basic.
 * Decreases: the whole quantity is refundable for 7 days from the start of the current term
   (purchase or renewal), and each increase for 7 days from when it was made, as the page says.
 * An app-only token on an App+User-only call gets 403 "The supplied role does not have the
@@ -94,9 +104,24 @@ WEBHOOK_EVENTS = (
 RESOURCE_NAMES = {
     "subscription-updated": "subscription",
     "test-created": "test",
-    "invoice-ready": "Invoice",
+    "invoice-ready": "invoice",
     "reseller-relationship-accepted-by-customer": "Customer",
     "usagerecords-thresholdExceeded": "usagerecords",
+    "referral-created": "referral",
+    "referral-updated": "referral",
+    "related-referral-created": "referral",
+    "related-referral-updated": "referral",
+    "dap-admin-relationship-approved": "PartnerCustomerDap",
+    "dap-admin-relationship-terminated": "PartnerCustomerDap",
+    "dap-admin-relationship-terminated-by-microsoft": "PartnerCustomerDap",
+    **{
+        f"granular-admin-relationship-{action}": "GranularAdminRelationship"
+        for action in ("activated", "approved", "expired", "terminated")
+    },
+    **{
+        f"granular-admin-access-assignment-{action}": "GranularAdminAccessAssignment"
+        for action in ("activated", "created", "deleted", "updated")
+    },
 }
 
 #: GDAP roles the subscribed-SKUs page accepts (plus Global Administrator).
@@ -547,13 +572,15 @@ def register(emulator: Emulator) -> None:
         except KeyError:
             raise _Refusal(partner_center_error(404, 60003, "Tenant not found")) from None
         if customer.partner_tenant != token.tenant or (reseller and not customer.reseller):
-            raise _Refusal(
-                partner_center_error(
-                    403,
-                    20002,
-                    f"The partner ID {token.tenant} has no commerce relationship with the customer ID {customer.tenant_id}.",
-                )
-            )
+            raise _Refusal(_no_commerce(token.tenant, customer.tenant_id))
+        return customer
+
+    def commerce_customer_of(token: Any, customer_id: str) -> Customer:
+        """The customer, for the calls only the partner of record (commerce) may make."""
+        customer = customer_of(token, customer_id)
+        partner = world.partners.get(token.tenant)
+        if partner is not None and not partner.direct:
+            raise _Refusal(_no_commerce(token.tenant, customer.tenant_id))
         return customer
 
     def subscription_of(customer: Customer, subscription_id: str) -> Subscription:
@@ -659,7 +686,7 @@ def register(emulator: Emulator) -> None:
     def subscriptions(emu: Emulator, request: Request, customer_id: str) -> Response:
         token = partner_token(request)
         with world.lock:
-            owner = customer_of(token, customer_id)
+            owner = commerce_customer_of(token, customer_id)
             items = [subscription_json(emu, owner, s) for s in owner.subscriptions.values()]
         body = {
             "totalCount": len(items),
@@ -683,10 +710,12 @@ def register(emulator: Emulator) -> None:
         if request.method == "PATCH":
             return change_subscription(emu, request, token, customer_id, subscription_id)
         with world.lock:
-            owner = customer_of(token, customer_id)
-            body = subscription_json(
-                emu, owner, subscription_of(owner, subscription_id), detail=True
-            )
+            owner = commerce_customer_of(token, customer_id)
+            current = subscription_of(owner, subscription_id)
+            landed = _poll_pending(emu, owner, current)
+            body = subscription_json(emu, owner, current, detail=True)
+        if landed:
+            notify_subscription_updated(emu, token.tenant, owner.tenant_id, current.id)
         return _answer(request, body)
 
     def change_subscription(
@@ -702,8 +731,9 @@ def register(emulator: Emulator) -> None:
         if isinstance(quantity, bool) or not isinstance(quantity, int):
             return partner_center_error(400, 3000, "Invalid property: Quantity must be an integer.")
         with world.lock:
-            owner = customer_of(token, customer_id)
+            owner = commerce_customer_of(token, customer_id)
             current = subscription_of(owner, subscription_id)
+            _pending(emu).pop(current.id, None)  # a newer change replaces one in progress
             if str(fields.get("id", current.id)).lower() != current.id.lower():
                 return partner_center_error(
                     400, 3000, "Invalid property: Id does not match the subscription in the URL."
@@ -734,21 +764,55 @@ def register(emulator: Emulator) -> None:
                 increases.append((change, world.now + REFUND_WINDOW))
             elif change < 0:
                 _take_back(increases, -change, world.now)
-            if change:
+            accepted = abs(change) >= ASYNC_CHANGE or emu.state.get("pc_patch_async")
+            polls = int(emu.state.get("pc_patch_pending_polls") or 0)
+            deferred = bool(change and accepted and polls > 0)
+            if deferred:
+                _pending(emu)[current.id] = (quantity, polls)
+            elif change:
                 world.set_quantity(owner.tenant_id, current.id, quantity)
             if isinstance(fields.get("autorenewenabled"), bool):
                 current.autoRenewEnabled = fields["autorenewenabled"]
             if isinstance(fields.get("friendlyname"), str):
                 emu.state.setdefault("pc_friendly_names", {})[current.id] = fields["friendlyname"]
             body = subscription_json(emu, owner, current)
-        if change:
+        if change and not deferred:
             notify_subscription_updated(emu, token.tenant, owner.tenant_id, current.id)
-        if abs(change) >= ASYNC_CHANGE or emu.state.get("pc_patch_async"):
+        if accepted:
             location = emu.url(
                 "partnercenter", f"/v1/customers/{owner.tenant_id}/subscriptions/{current.id}"
             )
             return _answer(request, None, status=202, headers={"Location": location})
         return _answer(request, body)
+
+    # -- the catalogue ---------------------------------------------------------------------
+
+    @route(
+        f"{PREFIX}/v1/products/<product_id>/skus/<sku_id>",
+        endpoint="partner_center.sku",
+        doc="developer/get-a-sku-by-id.md",
+    )
+    @refusing
+    def catalogue_sku(emu: Emulator, request: Request, product_id: str, sku_id: str) -> Response:
+        partner_token(request)
+        country = request.args.get("country", "")
+        if not country:
+            return partner_center_error(
+                400, 3000, "Invalid property: country is required (a country/region ID)."
+            )
+        with world.lock:
+            found = [
+                sku
+                for customer in world.customers.values()
+                for sku in customer.skus.values()
+                if sku.productId.lower() == product_id.lower()
+            ]
+        if not found:
+            return partner_center_error(404, 400013, "Product was not found.")
+        sku = next((s for s in found if s.catalogSkuId.lower() == sku_id.lower()), None)
+        if sku is None:
+            return partner_center_error(404, 400018, "Sku was not found.")
+        return _answer(request, sku_json(sku, country))
 
     # -- subscribed SKUs -------------------------------------------------------------------
 
@@ -978,6 +1042,70 @@ def _take_back(increases: list[tuple[int, datetime]], amount: int, now: datetime
         increases[index] = (qty - used, until)
         amount -= used
     increases[:] = [(q, u) for q, u in increases if q > 0]
+
+
+def _no_commerce(partner_tenant: str, customer_tenant: str) -> Response:
+    return partner_center_error(
+        403,
+        20002,
+        f"The partner ID {partner_tenant} has no commerce relationship with the customer ID {customer_tenant}.",
+    )
+
+
+def _pending(emulator: Emulator) -> dict[str, tuple[int, int]]:
+    """Quantity changes answered 202 and not landed yet: subscription ID → (quantity, reads
+    left before it lands)."""
+    return emulator.state.setdefault("pc_pending_changes", {})
+
+
+def _poll_pending(emulator: Emulator, customer: Customer, subscription: Subscription) -> bool:
+    """Count a read of ``subscription``; land its pending change when its reads are used up."""
+    pending = _pending(emulator)
+    entry = pending.get(subscription.id)
+    if entry is None:
+        return False
+    quantity, left = entry
+    if left > 1:
+        pending[subscription.id] = (quantity, left - 1)
+        return False
+    del pending[subscription.id]
+    emulator.world.set_quantity(customer.tenant_id, subscription.id, quantity)
+    return True
+
+
+def sku_json(sku: Any, country: str) -> dict[str, Any]:
+    """The catalogue's SKU resource (get-a-sku-by-id.md, its new-commerce sample)."""
+    product, catalog = sku.productId, sku.catalogSkuId
+    return {
+        "id": catalog,
+        "productId": product,
+        "title": sku.name,
+        "description": f"{sku.name}.",
+        "minimumQuantity": MIN_QUANTITY,
+        "maximumQuantity": MAX_QUANTITY,
+        "isTrial": False,
+        "supportedBillingCycles": ["annual", "monthly"],
+        "purchasePrerequisites": ["MicrosoftCloudAgreement"],
+        "inventoryVariables": [],
+        "provisioningVariables": [],
+        "actions": ["Refund"],
+        "dynamicAttributes": {
+            "isMicrosoftProduct": True,
+            "hasConstraints": True,
+            "isAddon": False,
+            "prerequisiteSkus": [],
+            "isSoftwareAssuranceApplicable": False,
+            "upgradeTargetOffers": [],
+            "provisioningId": sku.skuId,
+            "internal": False,
+        },
+        "links": {
+            "availabilities": _link(
+                f"/products/{product}/skus/{catalog}/availabilities?country={country}"
+            ),
+            "self": _link(f"/products/{product}/skus/{catalog}?country={country}"),
+        },
+    }
 
 
 class _Refusal(Exception):

@@ -31,6 +31,7 @@ from .models import (
     UserQuery,
     WebhookEvent,
     WebhookOutcome,
+    WebRoute,
 )
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -58,6 +59,7 @@ __all__ = [
     "TenantAccess",
     "UsageLine",
     "UserQuery",
+    "WebRoute",
     "WebhookEvent",
     "WebhookOutcome",
     "hookimpl",

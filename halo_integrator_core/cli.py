@@ -23,6 +23,7 @@ import structlog
 import tomlkit
 
 from . import config as config_module
+from .cli_logs import logs
 from .config import Config, ConfigError, find_config, load_config
 from .config_edit import write_atomically
 from .export import EXPORTS, write_export
@@ -519,6 +520,73 @@ def _print_summary(result: RunResult) -> None:
         )
 
 
+# --- the daemon --------------------------------------------------------------------------
+
+
+@cli.command("run")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Run every scheduled job once, print the summaries and exit (for cron); serves nothing.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM or SIGINT, how long to wait for running syncs to finish their current tenant.",
+)
+@click.option(
+    "--every",
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="Run each module every SECONDS instead of its interval_minutes (for tests, and for "
+    "catching up).",
+)
+@click.pass_obj
+def run_command(app: App, once: bool, grace: float, every: int | None) -> None:
+    """Run the daemon: each enabled module's sync on its interval, and the HTTP server."""
+    from datetime import timedelta
+
+    from .daemon import Daemon, ListenError, run_daemon, run_once
+
+    config = app.config()
+    host = app.host()
+    try:
+        host.active_modules()
+    except ConfigError as exc:
+        fail_config(exc)
+    store = app.store()
+    try:
+        daemon = Daemon(
+            config,
+            store,
+            host,
+            grace=grace,
+            every=timedelta(seconds=every) if every else None,
+        )
+    except BaseException:
+        store.close()
+        raise
+    if once:
+        if not config.integrator.enabled:
+            click.echo("integrator.enabled is false: no scheduled syncs to run", err=True)
+        results = run_once(daemon)
+        for result in results:
+            _print_summary(result)
+        if any(result.failed for result in results):
+            sys.exit(EXIT_FAILED)
+        return
+    try:
+        status = run_daemon(daemon)
+    except ListenError as exc:
+        store.close()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(status)
+
+
 # --- delta reset -------------------------------------------------------------------------
 
 #: The guide's caution about "Get Latest Changes" (8.2.1).
@@ -859,6 +927,9 @@ def demo_command(
         "export --what subscriptions",
         "export --what users",
         "export --what assets",
+        "export --what invoice-lines",
+        "billing report",
+        "pricing changes",
         "export --what runs",
         "csp tenants",
         "csp status",
@@ -867,6 +938,9 @@ def demo_command(
         click.echo(f"  halo-integrator {target} {command}")
     if any(result.failed for result in results):
         sys.exit(EXIT_FAILED)
+
+
+cli.add_command(logs)
 
 
 def register_plugin_commands(group: click.Group, args: Sequence[str]) -> None:

@@ -247,12 +247,28 @@ class LoggingSettings:
 
     format: LogFormat = LogFormat.AUTO
     level: str = "info"
+    #: Request-log entries older than this many days are pruned (guide 12.1); 0 keeps all.
+    request_log_retention_days: int = 30
+
+
+class ImportKind(enum.StrEnum):
+    """'Select Modules to Import' (guide 8.1): what scheduled runs of a syncing module import."""
+
+    TENANTS = "tenants"
+    LICENCES = "licences"
+    SUBSCRIPTIONS = "subscriptions"
+    USERS = "users"
+    ASSETS = "assets"
 
 
 @attrs.frozen(kw_only=True)
 class IntegratorSettings:
     """``[integrator]``: the Halo Integrator settings every module shares (guide 8)."""
 
+    #: 'Enable the Halo Integrator': scheduled syncs run (the server runs either way).
+    enabled: bool = True
+    #: What scheduled runs import; 'Azure Tenants' brings tenants with their licences.
+    import_kinds: tuple[ImportKind, ...] = tuple(ImportKind)
     track: Track = Track.STABLE
     marketplace: Marketplace = Marketplace.GB
     #: A tenant with no mapping gets a customer of its own name and a Main site (guide 8.3).
@@ -643,6 +659,29 @@ class AssetSettings:
 
 
 @attrs.frozen(kw_only=True)
+class ServerSettings:
+    """``[server]``: the HTTP server of `halo-integrator run` (callbacks, webhooks, health,
+    admin page)."""
+
+    address: str = "127.0.0.1"
+    port: int = 8080
+    #: Where the server is reached from outside (behind a TLS proxy), for redirect URIs
+    #: and webhook registration; ``http://ADDRESS:PORT`` when unset.
+    public_url: str | None = None
+    #: The admin page's credential (HTTP basic); the admin page is off without it.
+    admin_user: str = "admin"
+    admin_password: SecretRef | None = None
+    #: Largest request body accepted (webhooks), in bytes.
+    max_body_bytes: int = 65536
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+
+@attrs.frozen(kw_only=True)
 class ModuleConfig:
     """``[modules.<name>]``: the host's keys; the rest is the module's own settings."""
 
@@ -663,6 +702,7 @@ class Config:
     users: UserSettings = UserSettings()
     site_mappings: tuple[SiteMapping, ...] = ()
     assets: AssetSettings = AssetSettings()
+    server: ServerSettings = ServerSettings()
     modules: Mapping[str, ModuleConfig] = attrs.field(factory=dict)
     #: The file this came from; ``None`` when no file exists yet.
     source: Path | None = attrs.field(default=None, eq=False)

@@ -35,6 +35,11 @@ class ModuleContext:
     http: HttpClient | None = None
     #: The folder of the config file, where a module keeps state of its own (token caches).
     state_dir: Path | None = None
+    #: Where the integrator's HTTP server is reached (``[server]``), for redirect URIs.
+    public_url: str | None = None
+    #: The whole configuration, read-only: for a module that works through another
+    #: module's settings (subscription pricing downloads with a Microsoft CSP connection).
+    config: Config | None = attrs.field(default=None, repr=False)
 
 
 def module_context(
@@ -52,4 +57,6 @@ def module_context(
         endpoints=config.endpoints,
         http=http,
         state_dir=config.directory,
+        public_url=config.server.base_url(),
+        config=config,
     )

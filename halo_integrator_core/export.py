@@ -211,6 +211,12 @@ def _subscriptions() -> sa.Select[Any]:
             t.c.cost_price,
             t.c.sell_price,
             t.c.currency,
+            t.c.sell_price_rule,
+            t.c.price_market,
+            t.c.price_effective_start,
+            t.c.price_effective_end,
+            t.c.priced_at,
+            t.c.price_note,
             *_status_cols(t),
         )
         .select_from(_customer_join(t).join(c.tenants, c.tenants.c.id == t.c.tenant_ref))
@@ -226,12 +232,19 @@ def _invoice_lines() -> sa.Select[Any]:
             t.c.module,
             c.customers.c.name.label("customer"),
             t.c.period,
+            t.c.source,
+            t.c.status,
             t.c.group_key,
             t.c.description,
             t.c.quantity,
+            t.c.unit,
             t.c.cost,
             t.c.price,
+            t.c.markup_percent,
             t.c.currency,
+            t.c.usage_rows,
+            t.c.superseded_by,
+            t.c.run_id,
             *_status_cols(t),
         )
         .select_from(_customer_join(t))

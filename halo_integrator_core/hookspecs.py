@@ -33,6 +33,7 @@ from .models import (
     UserQuery,
     WebhookEvent,
     WebhookOutcome,
+    WebRoute,
 )
 
 PROJECT_NAME = "halo_integrator"
@@ -123,21 +124,49 @@ def fetch_assets(
 @hookspec
 def fetch_usage(
     context: ModuleContext, period: str
-) -> Iterable[UsageLine | RecordError | Checkpoint]:
-    """Yield metered usage rows of every tenant for a billing period (``current``,
-    ``last`` or an invoice ID).
+) -> Iterable[UsageLine | RecordError | Notice | Checkpoint]:
+    """Yield metered usage rows of every tenant for a billing period.
 
-    Called by a billing module's run. Rows carry their tenant; the core maps them to
-    customers through the tenant mappings and never bills an unmapped tenant's rows.
+    Called by a billing module's run (`halo_integrator_core.billing`). ``period`` is
+    ``current`` or ``last`` (unbilled usage of that billing period, an estimate),
+    ``latest`` (the usage billed on the latest invoice), ``YYYY-MM`` (the usage billed for
+    that month) or an invoice ID. Each `UsageLine` carries its tenant, its billing month
+    (``period``, ``YYYY-MM``) and the invoice that billed it (``None`` when unbilled); the
+    core maps rows to customers through the tenant mappings, never bills an unmapped
+    tenant's rows, groups and prices them. Say "no data for this period" with a `Notice`,
+    not an error. Stream: never hold an export in memory. End with a `Checkpoint` only when
+    every row of the period was yielded.
     """
 
 
 @hookspec
-def fetch_prices(context: ModuleContext, market: str) -> Iterable[Price | RecordError]:
+def fetch_prices(
+    context: ModuleContext, market: str, timeline: str
+) -> Iterable[Price | RecordError | Notice]:
     """Yield the price-sheet rows of ``market`` (for example ``GB`` or ``US``).
 
-    Called by a pricing module's run. The core matches rows to subscriptions and keeps a
-    history of price changes; the plugin only translates the sheet.
+    Called by a pricing module's run, once per ``timeline``: ``current`` (the prices in
+    force) and, when asked, ``future`` (the prices the source plans, from their effective
+    dates; yield nothing when none are planned). The core keeps only the rows of products
+    its stored subscriptions hold, matches them to the subscriptions, sets cost and sell
+    prices and keeps the history of price changes; the plugin only translates the sheet.
+    A row that cannot be translated is yielded as `RecordError`. Stream: never hold the
+    whole sheet in memory. Raise (with the cause and the fix in the message) when the
+    sheet cannot be had at all: no authorization, a partner the source refuses.
+    """
+
+
+@hookspec
+def check_config(context: ModuleContext) -> Iterable[str]:
+    """Say what in the configuration keeps this module from working, beyond the types of
+    its own settings (which the host has checked already).
+
+    Called whenever the enabled modules are loaded: by `config check`, and before any run.
+    ``context.settings`` is the module's own settings and ``context.config`` the whole
+    configuration, so a module can check its settings against another module's (a pricing
+    module against the connections of the module whose subscriptions it prices). Return
+    one line per problem, starting with the key path it is about and saying the cause and
+    the fix. Must not do I/O (no network, no store) and must be quick.
     """
 
 
@@ -150,6 +179,17 @@ def on_webhook(context: ModuleContext, event: WebhookEvent) -> WebhookOutcome | 
     a 4xx `WebhookOutcome` rather than raising. The core logs the request and the outcome
     as an inbound request and syncs the kinds in ``WebhookOutcome.refresh``. Must not block
     for long: the sender is waiting.
+    """
+
+
+@hookspec
+def web_routes(context: ModuleContext) -> Iterable[WebRoute]:
+    """Pages and endpoints this module serves from the integrator's HTTP server.
+
+    Called once when `halo-integrator run` starts its server. Each `WebRoute` path starts
+    with ``/<module>/``: OAuth redirect targets (public, validated by the app), admin pages
+    (behind the admin credential). ``context.public_url`` is where the server is reached,
+    for building redirect URIs.
     """
 
 

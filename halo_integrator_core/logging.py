@@ -113,5 +113,5 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
     # Libraries chatty at INFO stay quiet unless asked for by debug.
-    for name in ("urllib3", "msal", "alembic", "apscheduler.executors"):
+    for name in ("urllib3", "msal", "alembic", "apscheduler"):
         logging.getLogger(name).setLevel(max(numeric_level, logging.WARNING))

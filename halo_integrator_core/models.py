@@ -35,6 +35,7 @@ __all__ = [
     "TenantAccess",
     "UsageLine",
     "UserQuery",
+    "WebRoute",
     "WebhookEvent",
     "WebhookOutcome",
 ]
@@ -246,10 +247,18 @@ class ManagedDevice:
 
 @attrs.frozen(kw_only=True)
 class UsageLine:
-    """One row of metered usage (Azure consumption) of a tenant, in the billing currency."""
+    """One row of metered usage (Azure consumption) of a tenant, in the billing currency.
+
+    ``period`` is the billing period the row belongs to, as ``YYYY-MM``; ``invoice_id`` the
+    invoice that billed it, or ``None`` for unbilled usage (an estimate until invoiced);
+    ``customer_name`` the name the source gives the tenant, for reporting rows no tenant
+    mapping claims.
+    """
 
     tenant_id: str
     period: str
+    invoice_id: str | None = None
+    customer_name: str | None = None
     usage_date: date | None = None
     subscription_id: str | None = None
     subscription_description: str | None = None
@@ -311,6 +320,26 @@ class WebhookOutcome:
     event_name: str | None = None
     tenant_id: str | None = None
     refresh: tuple[EntityKind, ...] = attrs.field(default=(), converter=tuple)
+    #: The sender's ID of the event, once verified: the core processes an event ID once,
+    #: answering a repeated delivery 200 without refreshing again.
+    event_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WebRoute:
+    """A page or endpoint a module serves from the integrator's HTTP server.
+
+    ``path`` starts with ``/<module>/`` (the core refuses others); ``app`` is a WSGI
+    application called with ``PATH_INFO`` left whole. ``admin`` routes need the admin
+    credential (the core checks it before calling ``app``); the others are public and the
+    app validates what it receives (a sign-in or consent answer, say). ``title`` lists an
+    admin route on the admin page.
+    """
+
+    path: str
+    app: Any
+    admin: bool = False
+    title: str | None = None
 
 
 @attrs.frozen(kw_only=True)

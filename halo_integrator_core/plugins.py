@@ -19,6 +19,7 @@ import structlog
 
 from . import hookspecs
 from .config import Config, ConfigError, structure_module_settings
+from .context import module_context
 from .hookspecs import PROJECT_NAME
 from .models import ModuleSpec
 
@@ -217,9 +218,25 @@ class PluginHost:
             active[name] = ActiveModule(
                 spec=spec, plugin_name=plugin_name, settings=settings, interval_minutes=interval
             )
+        for module in active.values():
+            problems.extend(self._module_problems(module))
         if problems:
             raise ConfigError(problems, source=self.config.source)
         return active
+
+    def _module_problems(self, module: ActiveModule) -> list[str]:
+        """What ``module``'s plugin finds wrong with the configuration (`check_config`)."""
+        try:
+            results = self.hook_for(module.name).check_config(
+                context=module_context(self.config, module)
+            )
+            return [str(problem) for result in results for problem in result or ()]
+        except Exception as exc:  # a broken check is reported, never a crash of the host
+            log.exception("plugin.check_config_failed", module=module.name)
+            return [
+                f"modules.{module.name}: its plugin could not check the configuration: "
+                f"{type(exc).__name__}: {exc}"
+            ]
 
     def implements(self, module: str, hook: str) -> bool:
         """Whether the plugin providing ``module`` implements ``hook``."""

@@ -29,6 +29,7 @@ def test_the_hook_contract_is_what_we_think_it_is():
     assert (
         sorted(
             [
+                "check_config",
                 "declare_modules",
                 "fetch_assets",
                 "fetch_licences",
@@ -39,6 +40,7 @@ def test_the_hook_contract_is_what_we_think_it_is():
                 "fetch_users",
                 "on_webhook",
                 "register_commands",
+                "web_routes",
             ]
         )
         == HOOKS

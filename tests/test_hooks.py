@@ -196,7 +196,9 @@ def test_hook_fetch_prices_is_called_with_the_market(setup):
     context = ModuleContext(
         module="billing_probe", settings=None, integrator=config.integrator, log=None
     )
-    [rows] = host.hook_for("billing_probe").fetch_prices(context=context, market="GB")
+    [rows] = host.hook_for("billing_probe").fetch_prices(
+        context=context, market="GB", timeline="current"
+    )
     [price] = list(rows)
     assert (price.market, price.unit_price, price.billing_plan) == (
         "GB",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from halo_integrator_core.config import load_config
 from halo_integrator_core.export import export_rows
 from halo_integrator_core.store import Store, schema
 from halo_integrator_core.sync.bookmarks import get_bookmark
-from halo_integrator_core.sync.engine import Change, Reporter, SyncEngine, SyncError
+from halo_integrator_core.sync.engine import Change, Reporter, SyncEngine, SyncError, tenant_lock
 
 MAPPED = f"""
 [integrator]
@@ -396,3 +397,29 @@ def test_imported_tenants_join_the_sso_allowed_list_once_when_asked(store, make_
 def test_the_sso_allowed_list_stays_empty_by_default(store, make_engine):
     make_engine().run()
     assert rows(store, "sso-tenants") == []
+
+
+def test_a_stop_request_ends_the_run_between_tenants(store, make_engine, world):
+    engine = make_engine()
+    engine.stop.set()
+    [result] = engine.run()
+    assert result.note and "stopped on request: 2 tenant(s) left" in result.note
+    assert result.outcome == "succeeded"
+    assert "users" not in result.counts  # no tenant was started
+    engine.stop.clear()
+    [again] = engine.run()
+    assert again.counts["users"].added == 4  # the next run picks up where it stopped
+
+
+def test_a_tenant_is_never_synced_by_two_runs_at_once(store, make_engine, world):
+    engine = make_engine()
+    engine.run(only=["tenants"])
+    lock = tenant_lock(TENANT_A)
+    lock.acquire()  # another job holds tenant A
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (engine.run(tenant=TENANT_A), done.set()))
+    thread.start()
+    assert not done.wait(0.5)  # waits for the other job
+    lock.release()
+    assert done.wait(10)
+    thread.join()

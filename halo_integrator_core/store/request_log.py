@@ -1,9 +1,15 @@
-"""The inbound and outbound request logs in the store (guide 12.1)."""
+"""The inbound and outbound request logs in the store (guide 12.1).
+
+Entries are written by `record_inbound` (what reached us) and `StoreRequestLog` (every call
+to Microsoft); `request_log_entries` reads them back with filters, in the field names of
+``export --what requests``; `prune_request_log` deletes what is older than the retention.
+"""
 
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -100,3 +106,129 @@ class StoreRequestLog:
             with self._lock:
                 self._pending[:0] = rows  # keep them for the next try
             raise
+
+
+# -- reading and pruning ----------------------------------------------------------------------
+
+#: The directions an entry has.
+DIRECTIONS = ("inbound", "outbound")
+#: The fields of an entry, as ``export --what requests`` names them.
+REQUEST_FIELDS = (
+    "id",
+    "direction",
+    "at",
+    "module",
+    "connection",
+    "tenant_id",
+    "method",
+    "url",
+    "status",
+    "duration_ms",
+    "retries",
+    "outcome",
+    "detail",
+)
+#: Entries deleted per transaction when pruning: short units, so a sync's writes interleave.
+PRUNE_BATCH = 5000
+
+
+def _filters(
+    *,
+    direction: str | None,
+    tenant_ids: Iterable[str] | None,
+    module: str | None,
+    since: datetime | None,
+    status: tuple[int, int] | None,
+) -> list[Any]:
+    t = schema.request_log
+    where: list[Any] = []
+    if direction is not None:
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+        where.append(t.c.direction == direction)
+    if tenant_ids is not None:
+        where.append(sa.func.lower(t.c.tenant_id).in_([i.lower() for i in tenant_ids]))
+    if module is not None:
+        where.append(t.c.module == module)
+    if since is not None:
+        where.append(t.c.at >= since)
+    if status is not None:
+        low, high = status
+        where.append(t.c.status.between(low, high))
+    return where
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def request_log_entries(
+    store: Store,
+    *,
+    direction: str | None = None,
+    tenant_ids: Iterable[str] | None = None,
+    module: str | None = None,
+    since: datetime | None = None,
+    status: tuple[int, int] | None = None,
+    limit: int | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """The entries matching every filter given, and how many match in all.
+
+    ``tenant_ids`` matches any of those tenants (letter case ignored); ``since`` keeps
+    entries at or after it; ``status`` is an inclusive range (``(404, 404)``, ``(500, 599)``),
+    which entries without a status (a dropped connection) never match. With ``limit``, the
+    newest ``limit`` entries. Either way they come oldest first, as dicts with the fields
+    of ``export --what requests`` (timestamps in ISO 8601).
+    """
+    t = schema.request_log
+    where = _filters(
+        direction=direction, tenant_ids=tenant_ids, module=module, since=since, status=status
+    )
+    columns = [t.c[name] for name in REQUEST_FIELDS]
+    query = sa.select(*columns).where(*where).order_by(t.c.at.desc(), t.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    with store.read() as connection:
+        total = connection.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar()
+        rows = connection.execute(query).mappings().all()
+    entries = [{key: _plain(value) for key, value in row.items()} for row in reversed(rows)]
+    return entries, int(total or 0)
+
+
+def retention_cutoff(older_than_days: int, now: datetime | None = None) -> datetime:
+    """The moment before which entries are older than ``older_than_days``."""
+    return (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+
+
+def count_request_log_before(store: Store, cutoff: datetime) -> int:
+    t = schema.request_log
+    with store.read() as connection:
+        return int(
+            connection.execute(
+                sa.select(sa.func.count()).select_from(t).where(t.c.at < cutoff)
+            ).scalar()
+            or 0
+        )
+
+
+def prune_request_log(store: Store, older_than_days: int, *, now: datetime | None = None) -> int:
+    """Delete the entries older than ``older_than_days`` days; how many were deleted.
+
+    ``0`` keeps everything (as ``[logging] request_log_retention_days = 0`` means) and
+    deletes nothing. Deletes in batches, each its own unit of work, so a daemon's syncs are
+    not held up behind one long transaction on SQLite.
+    """
+    if older_than_days < 0:
+        raise ValueError(f"older_than_days must be 0 or more, not {older_than_days}")
+    if older_than_days == 0:
+        return 0
+    cutoff = retention_cutoff(older_than_days, now)
+    t = schema.request_log
+    removed = 0
+    while True:
+        batch = sa.select(t.c.id).where(t.c.at < cutoff).limit(PRUNE_BATCH)
+        with store.unit() as connection:
+            deleted = connection.execute(sa.delete(t).where(t.c.id.in_(batch))).rowcount
+        removed += deleted
+        if deleted < PRUNE_BATCH:
+            return removed

@@ -248,26 +248,129 @@ subscriptions = Table(
     Column("cost_price", Money),
     Column("sell_price", Money),
     Column("currency", String(3)),
+    # Set by a pricing module's import (`halo_integrator_core.pricing`); a sync leaves them.
+    #: The marketplace whose price sheet gave ``cost_price``.
+    Column("price_market", String(2)),
+    #: The effective dates of the price-sheet row ``cost_price`` came from.
+    Column("price_effective_start", UtcDateTime),
+    Column("price_effective_end", UtcDateTime),
+    #: Which rule set ``sell_price`` ("markup 20%", "price book: ..."); NULL for none.
+    Column("sell_price_rule", String(200)),
+    Column("priced_at", UtcDateTime),
+    #: Why the last import found no price for the subscription; NULL once it has one.
+    Column("price_note", Text),
 )
+
+subscription_price_changes = Table(
+    "subscription_price_changes",
+    metadata,
+    # A subscription's cost price history: its first price, each change seen in force, and
+    # the changes the source plans (kept as planned until seen in force, or withdrawn).
+    Column("id", Integer, primary_key=True),
+    Column("subscription_id", ForeignKey("subscriptions.id"), nullable=False),
+    Column("effective_at", UtcDateTime, nullable=False),
+    #: initial | applied | planned | withdrawn
+    Column("status", String(20), nullable=False),
+    Column("market", String(2), nullable=False),
+    Column("old_cost", Money),
+    Column("old_currency", String(3)),
+    Column("new_cost", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("old_sell_price", Money),
+    Column("new_sell_price", Money),
+    #: The subscription's quantity when the change was last seen.
+    Column("quantity", Integer, nullable=False),
+    Column("run_id", ForeignKey("sync_runs.id")),
+    Column("detected_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("subscription_id", "effective_at"),
+)
+Index("ix_subscription_price_changes_status", subscription_price_changes.c.status)
 
 invoice_lines = Table(
     "invoice_lines",
     metadata,
+    # A recurring-invoice line of a billing module: one customer's usage of one billing
+    # month (``period``, YYYY-MM), from one source (an invoice ID, or "unbilled" for an
+    # estimate), in one currency, for one group (``group_key``).
     Column("id", Integer, primary_key=True),
     Column("customer_id", ForeignKey("customers.id"), nullable=False),
     Column("module", String(100), nullable=False),
     Column("period", String(40), nullable=False),
+    Column("source", String(40), nullable=False, default="unbilled"),
+    #: estimate | billed | superseded (an estimate an invoice replaced) | removed (gone from
+    #: a later import of its period and source).
+    Column("status", String(20), nullable=False, default="estimate"),
     Column("group_key", String(500), nullable=False),
     Column("description", String(500), nullable=False),
-    Column("quantity", Money, nullable=False),
+    # NULL when the line's usage is in more than one unit.
+    Column("quantity", Money),
+    Column("unit", String(100)),
     Column("cost", Money, nullable=False),
     Column("price", Money, nullable=False),
+    # NULL when parts of the line carry different markups.
+    Column("markup_percent", Money),
     Column("currency", String(3), nullable=False),
+    Column("usage_rows", Integer, nullable=False, default=0),
+    Column("superseded_by", String(40)),
+    Column("run_id", Integer),
     *_audit(),
-    UniqueConstraint("module", "customer_id", "period", "group_key"),
+    UniqueConstraint("module", "customer_id", "period", "source", "currency", "group_key"),
 )
+Index("ix_invoice_lines_period", invoice_lines.c.module, invoice_lines.c.period)
 
 # --- the integrator's own state ----------------------------------------------------------
+
+billing_periods = Table(
+    "billing_periods",
+    metadata,
+    # Billing months closed (invoiced to customers) or reopened by hand; a month without a
+    # row is open unless ``close_after_days`` has closed it.
+    Column("module", String(100), primary_key=True),
+    Column("period", String(40), primary_key=True),
+    Column("closed_at", UtcDateTime),
+    Column("closed_by", String(100)),
+    Column("note", Text),
+    Column("reopened_at", UtcDateTime),
+)
+
+billing_imports = Table(
+    "billing_imports",
+    metadata,
+    # One per billing month, source and currency an import read (or per period it could
+    # not read): what it held, what no tenant mapping claimed, what came of it.
+    Column("id", Integer, primary_key=True),
+    Column("module", String(100), nullable=False),
+    Column("run_id", ForeignKey("sync_runs.id")),
+    Column("requested", String(40), nullable=False),
+    Column("period", String(40)),
+    Column("source", String(40)),
+    Column("currency", String(3)),
+    #: imported | no_data | closed | already_billed | incomplete | failed
+    Column("outcome", String(20), nullable=False),
+    Column("usage_rows", Integer, nullable=False, default=0),
+    Column("cost", Money),
+    Column("unmatched_rows", Integer, nullable=False, default=0),
+    Column("unmatched_cost", Money),
+    Column("lines", Integer, nullable=False, default=0),
+    Column("detail", Text),
+    Column("at", UtcDateTime, nullable=False),
+)
+Index("ix_billing_imports_period", billing_imports.c.module, billing_imports.c.period)
+
+billing_unmatched = Table(
+    "billing_unmatched",
+    metadata,
+    # Usage of an import that no tenant mapping claims, per tenant: reported, never billed.
+    Column("import_id", ForeignKey("billing_imports.id"), primary_key=True),
+    Column("tenant_id", String(64), primary_key=True),
+    Column("customer_name", String(255)),
+    #: unmapped | do_not_import
+    Column("reason", String(40), nullable=False),
+    Column("usage_rows", Integer, nullable=False),
+    Column("cost", Money, nullable=False),
+)
+
 
 tenants = Table(
     "tenants",
@@ -380,4 +483,14 @@ request_log = Table(
     Column("retries", Integer, nullable=False, default=0),
     Column("outcome", String(40)),
     Column("detail", Text),
+)
+
+#: Webhook events already processed, by the sender's event ID: a repeated delivery of one
+#: is answered without being processed again.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("module", String(100), primary_key=True),
+    Column("event_id", String(200), primary_key=True),
+    Column("received_at", UtcDateTime, nullable=False),
 )

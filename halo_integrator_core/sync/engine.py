@@ -11,6 +11,7 @@ and the others go on.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -142,6 +143,16 @@ class Reporter:
     def change(self, change: Change) -> None: ...
 
 
+_tenant_locks: dict[str, threading.Lock] = {}
+_tenant_locks_guard = threading.Lock()
+
+
+def tenant_lock(tenant_id: str) -> threading.Lock:
+    """The process-wide lock of one tenant: two jobs (modules) never sync it at once."""
+    with _tenant_locks_guard:
+        return _tenant_locks.setdefault(tenant_id.lower(), threading.Lock())
+
+
 class SyncError(Exception):
     """A run could not start (bad option, unknown module)."""
 
@@ -157,8 +168,11 @@ class SyncEngine:
         *,
         reporter: Reporter | None = None,
         http: HttpClient | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.store = store
+        #: Set by the daemon on SIGTERM: a run finishes its current tenant and stops there.
+        self.stop = stop or threading.Event()
         self.config = config
         self.host = host
         self.reporter = reporter or Reporter()
@@ -205,7 +219,16 @@ class SyncEngine:
             kinds = kinds & per_site
             with self.store.read() as connection:
                 scope = attrs.evolve(scope, site=_find_site(connection, site))
-        names = [module] if module else sorted(self.modules)
+        if module:
+            names = [module]
+        else:
+            # Syncing modules first: pricing reads the subscriptions, billing the tenants.
+            # A run narrowed to kinds, a tenant or a site is a sync: the others sit it out.
+            narrowed = bool(only or tenant or site)
+            names = sorted(
+                (n for n in self.modules if not (narrowed and self._follower(n))),
+                key=lambda n: (self._follower(n), n),
+            )
         results = []
         for name in names:
             if dry_run:
@@ -215,11 +238,27 @@ class SyncEngine:
                 results.append(self._run_module(self.modules[name], kinds, scope, False))
         return results
 
+    def _follower(self, name: str) -> bool:
+        """Whether module ``name`` works on what the syncing modules stored (usage
+        billing, subscription pricing) rather than syncing entities itself."""
+        return self.host.implements(name, "fetch_usage") or self.host.implements(
+            name, "fetch_prices"
+        )
+
     # -- one module ------------------------------------------------------------------------
 
     def _run_module(
         self, active: ActiveModule, kinds: set[EntityKind], scope: Scope, dry_run: bool
     ) -> RunResult:
+        # Imported here: both build on this module.
+        if self.host.implements(active.name, "fetch_usage"):
+            from ..billing import import_usage
+
+            return import_usage(self, active, dry_run=dry_run)
+        if self.host.implements(active.name, "fetch_prices"):
+            from ..pricing import import_prices
+
+            return import_prices(self, active, dry_run=dry_run)
         options = {
             "only": sorted(kinds),
             "tenant": scope.tenant,
@@ -360,8 +399,16 @@ class _ModuleRun:
         targets = self.resolve_targets()
         self.engine.reporter.tenants_started(self.module, len(targets))
         for index, target in enumerate(targets, start=1):
-            with structlog.contextvars.bound_contextvars(
-                tenant=target.tenant.tenant_id, connection=target.tenant.connection
+            if self.engine.stop.is_set():
+                left = len(targets) - index + 1
+                self.result.note = f"stopped on request: {left} tenant(s) left for the next run"
+                log.info("sync.stopped", tenants_left=left)
+                return
+            with (
+                tenant_lock(target.tenant.tenant_id),
+                structlog.contextvars.bound_contextvars(
+                    tenant=target.tenant.tenant_id, connection=target.tenant.connection
+                ),
             ):
                 errors = [e for rule in rules if (e := self.sync_entity_kind(rule, target))]
                 self.record_tenant_outcome(target, errors)

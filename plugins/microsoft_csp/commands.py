@@ -1,5 +1,6 @@
 """``halo-integrator csp ...``: authorize connections, see their state, grant admin consent,
-list the synced tenants, map them to customers, and generate and list site mappings.
+list the synced tenants, map them to customers, generate and list site mappings, assign and
+remove users' licences and change subscription quantities (`management`).
 
 Added to the command line by the plugin's `register_commands` hook, so present only while
 the ``microsoft_csp`` module is enabled. Each command gets the configuration from click's
@@ -29,6 +30,7 @@ import sqlalchemy as sa
 import structlog
 import tomlkit
 
+from halo_integrator_core import ModuleContext
 from halo_integrator_core.config import (
     CLOUD_HOSTS,
     Config,
@@ -44,7 +46,12 @@ from halo_integrator_core.errors import HttpError
 from halo_integrator_core.http import HttpClient
 from halo_integrator_core.store import Store, schema
 from halo_integrator_core.store.request_log import StoreRequestLog
+from halo_integrator_core.store.updates import (
+    record_licence_assignment,
+    record_subscription_quantity,
+)
 
+from . import management
 from .auth import AppTokens
 from .callbacks import (
     DEFAULT_AUTH_REDIRECT_URI,
@@ -60,7 +67,9 @@ from .consent import (
     consent_url,
 )
 from .delegated import AuthorizationStatus, DelegatedTokens
+from .directory import CspSession
 from .errors import MicrosoftAuthError
+from .management import Refused
 from .mapping_proposals import CannotAppend, Proposals, TenantName, append_mappings, propose
 from .settings import Connection, MicrosoftCspSettings
 from .site_mappings import (
@@ -113,6 +122,12 @@ def _reported(command: F) -> F:
         except CommandFailed as exc:
             click.echo(f"error: {exc}", err=True)
             click.echo(f"fix: {exc.fix}", err=True)
+        except Refused as exc:
+            if exc.usage:
+                _usage(str(exc), exc.fix)
+            click.echo(f"error: {exc}", err=True)
+            if exc.fix:
+                click.echo(f"fix: {exc.fix}", err=True)
         except (MicrosoftAuthError, HttpError) as exc:
             click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)
@@ -197,7 +212,7 @@ def _open_browser(url: str) -> None:
 @click.group("csp")
 def csp() -> None:
     """Microsoft CSP: authorize connections with Partner Center, grant admin consent, list
-    and map tenants, generate site mappings."""
+    and map tenants, generate site mappings, manage licences and subscription quantities."""
 
 
 # -- authorize, status, disconnect ------------------------------------------------------------
@@ -1142,3 +1157,148 @@ def site_mappings_list() -> None:
         click.echo(f"\nno {MODULE} tenant in the store is mapped to a customer yet: {_MAP_FIRST}")
     elif not unplaced:
         click.echo(f"\nevery mapped tenant ({len(tenants)}) has a site mapping")
+
+
+# -- licences and subscriptions (guide 5.1, 9.1) -----------------------------------------------
+
+
+def _session(config: Config, settings: MicrosoftCspSettings, http: HttpClient) -> CspSession:
+    """The module's session for one command, as a sync would make it."""
+    context = ModuleContext(
+        module=MODULE,
+        settings=settings,
+        integrator=config.integrator,
+        log=structlog.get_logger(f"halo_integrator.{MODULE}"),
+        endpoints=config.endpoints,
+        http=http,
+        state_dir=config.directory,
+    )
+    return CspSession(context)
+
+
+def _synced_store(config: Config) -> Store:
+    missing = _nothing_stored(config)
+    if missing:
+        _usage(f"{missing}: {_SYNC_FIRST}")
+    return _store()
+
+
+@csp.group("licence")
+def licence_group() -> None:
+    """Assign and remove users' licences in Microsoft 365 (guide 5.1; needs
+    manage_licences = true)."""
+
+
+_USER_HELP = "A synced user: user principal name, email address or Entra object ID."
+_SKU_HELP = "A licence of the user's tenant: SKU part number (SPE_E3) or SKU ID."
+
+
+@licence_group.command("assign")
+@click.option("--user", "user_text", required=True, metavar="USER", help=_USER_HELP)
+@click.option("--sku", "sku_text", required=True, metavar="SKU", help=_SKU_HELP)
+@click.option(
+    "--dry-run", is_flag=True, help="Read Microsoft and say what would happen; change nothing."
+)
+@_reported
+def licence_assign(user_text: str, sku_text: str, dry_run: bool) -> None:
+    """Assign licence SKU to USER in Microsoft 365 (Graph assignLicense)."""
+    _change_licence(user_text, sku_text, assign=True, dry_run=dry_run)
+
+
+@licence_group.command("remove")
+@click.option("--user", "user_text", required=True, metavar="USER", help=_USER_HELP)
+@click.option("--sku", "sku_text", required=True, metavar="SKU", help=_SKU_HELP)
+@click.option(
+    "--dry-run", is_flag=True, help="Read Microsoft and say what would happen; change nothing."
+)
+@_reported
+def licence_remove(user_text: str, sku_text: str, dry_run: bool) -> None:
+    """Remove licence SKU from USER in Microsoft 365 (Graph assignLicense)."""
+    _change_licence(user_text, sku_text, assign=False, dry_run=dry_run)
+
+
+def _change_licence(user_text: str, sku_text: str, *, assign: bool, dry_run: bool) -> None:
+    config = _config()
+    settings = _settings(config)
+    if not settings.manage_licences:
+        _usage(
+            f"licence management is off: [modules.{MODULE}] manage_licences is false (the "
+            "guide's 'Allow licences to be managed from within Halo', section 5.1)",
+            f"set manage_licences = true under [modules.{MODULE}] in "
+            f"{config.source or 'the configuration'}",
+        )
+    store = _synced_store(config)
+    try:
+        user = management.find_user(store, user_text)
+        licence = management.find_licence(store, user, sku_text)
+        tenant = management.stored_tenant(store, config, user.tenant_ref)
+        with (
+            _http(config, store) as http,
+            structlog.contextvars.bound_contextvars(
+                module=MODULE, connection=tenant.connection, tenant=tenant.tenant_id
+            ),
+        ):
+            change = management.change_licence(
+                _session(config, settings, http),
+                tenant,
+                user,
+                licence,
+                assign=assign,
+                dry_run=dry_run,
+            )
+        if not dry_run:
+            # Only now that Microsoft has answered: the store follows its answer.
+            record_licence_assignment(
+                store,
+                licence_id=licence.id,
+                user_id=user.id,
+                assigned=change.assigned,
+                counts=change.counts,
+            )
+    finally:
+        store.close()
+    for line in change.report(dry_run=dry_run):
+        click.echo(line)
+
+
+@csp.group("subscription")
+def subscription_group() -> None:
+    """Change subscriptions in Partner Center (guide 9.1; direct partners only)."""
+
+
+@subscription_group.command("set-quantity")
+@click.argument("subscription")
+@click.argument("quantity", type=click.IntRange(min=1))
+@click.option(
+    "--dry-run", is_flag=True, help="Read Partner Center and say what would happen; change nothing."
+)
+@_reported
+def subscription_set_quantity(subscription: str, quantity: int, dry_run: bool) -> None:
+    """Set SUBSCRIPTION's licence quantity to QUANTITY in Partner Center.
+
+    SUBSCRIPTION is a synced subscription's ID, or its name when only one has it.
+    """
+    config = _config()
+    settings = _settings(config)
+    store = _synced_store(config)
+    try:
+        stored = management.find_subscription(store, subscription)
+        tenant = management.stored_tenant(store, config, stored.tenant_ref)
+        with (
+            _http(config, store) as http,
+            structlog.contextvars.bound_contextvars(
+                module=MODULE, connection=tenant.connection, tenant=tenant.tenant_id
+            ),
+        ):
+            change = management.set_quantity(
+                _session(config, settings, http), tenant, stored, quantity, dry_run=dry_run
+            )
+        if not dry_run:
+            # From Microsoft's answer (or its last read of a change still in progress).
+            record_subscription_quantity(
+                store, subscription_id=stored.id, quantity=change.quantity, status=change.status
+            )
+    finally:
+        store.close()
+    for line in change.report(dry_run=dry_run):
+        click.echo(line)

@@ -11,6 +11,9 @@ from halo_integrator_core import (
     ModuleSpec,
     Tenant,
     UserQuery,
+    WebhookEvent,
+    WebhookOutcome,
+    WebRoute,
     hookimpl,
 )
 
@@ -63,9 +66,28 @@ def fetch_subscriptions(
 
 
 @hookimpl
+def web_routes(context: ModuleContext) -> list[WebRoute]:
+    """The Partner Center sign-in and admin-consent callbacks, and the module's admin page."""
+    from .web import routes  # the server's code, kept out of a sync's imports
+
+    return routes(context)
+
+
+@hookimpl
+def on_webhook(context: ModuleContext, event: WebhookEvent) -> WebhookOutcome:
+    """Partner Center's events at ``/webhooks/microsoft_csp``, verified as Microsoft documents."""
+    from . import webhooks  # the receiver's code, kept out of a sync's imports
+
+    return webhooks.handle(context, event)
+
+
+@hookimpl
 def register_commands(cli) -> None:  # cli: click.Group
     """``halo-integrator csp ...``: authorize, status, disconnect, consent-url, consent,
-    tenants, map, site-mappings."""
-    from .commands import csp  # the command line's code, kept out of a sync's imports
+    tenants, map, site-mappings, webhooks, licence, subscription."""
+    # The command line's code, kept out of a sync's imports.
+    from .commands import csp
+    from .webhook_commands import webhooks
 
+    csp.add_command(webhooks)
     cli.add_command(csp)
