@@ -9,8 +9,12 @@ operation → poll the operation (``runningOperation`` with ``Retry-After``, the
 Pages followed (``microsoftgraph/microsoft-graph-docs-contrib``, ``api-reference/v1.0``):
 api/partners-billing-unbilledusage-export.md, api/partners-billing-billedusage-export.md,
 api/partners-billing-operation-get.md, api/partners-billing-manifest-get.md,
-resources/partners-billing-manifest.md; the attribute sets (full, basic) from the Partner Center
-page developer/get-invoice-billed-unbilled-consumption.md (the v2 beta the Graph API replaced).
+resources/partners-billing-manifest.md, and resources/partners-billing-attributeset.md for the
+attributes of each set (full, basic; @286d28db: basic has ``UnitType`` and ``AdditionalInfo``,
+not ``Unit``, where the Partner Center v2 beta page had it the other way round). The partner's
+invoices, which say which invoice bills which month in which currency, are Partner Center's
+``GET /v1/invoices`` (``kvamseek/partner-center`` developer/get-a-collection-of-invoices.md and
+developer/invoice-resources.md), served here under ``/partnercenter``.
 
 Choices where the docs are silent or disagree:
 
@@ -23,10 +27,16 @@ Choices where the docs are silent or disagree:
   ``runningOperation`` with ``Retry-After: emulator.state["billing_retry_after"]`` (default 1).
 * Blobs hold ``emulator.state["billing_rows_per_blob"]`` records (default 30), so a period of
   a few customers already spans two blobs.
-* Billed usage of an invoice: the world's rows of that invoice ID, else, for the first invoice
-  in ``world.invoices``, the rows of the last period; any other invoice has no data (``5000``).
-  Unbilled usage is filtered by ``currencyCode``: a currency the partner is not billed in has
-  no data either.
+* Only the partner's reseller customers have usage in its exports: a customer reached by
+  GDAP alone buys its Azure elsewhere.
+* The last period is billed on one invoice per currency (`partner_invoices`): the first
+  invoice in ``world.invoices`` for pounds, IDs derived from it for the others; the second
+  invoice in ``world.invoices`` is an older one with no Azure usage. Billed usage of an
+  invoice is the world's rows of that invoice ID, else the last period's rows in the
+  invoice's currency; any other invoice has no data (``5000``). Unbilled usage is filtered
+  by ``currencyCode``: a currency the partner is not billed in has no data either.
+* ``emulator.state["billing_no_data"] = True`` makes every operation fail with "No data
+  available", whatever the world holds.
 * The SAS is checked as Azure Storage does: a missing, wrong or expired signature → 403
   ``AuthenticationFailed`` (XML).
 """
@@ -51,7 +61,17 @@ from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
-from .app import GRAPH, AuthFailure, Emulator, Token, graph_error, json_response
+from .app import (
+    GRAPH,
+    PARTNER_CENTER,
+    AuthFailure,
+    Emulator,
+    Token,
+    graph_error,
+    iso,
+    json_response,
+    partner_center_error,
+)
 from .world import Partner, UsageRow, World
 
 GRAPH_BASE = "/graph/v1.0/reports/partners/billing"
@@ -88,7 +108,7 @@ ATTRIBUTES: tuple[tuple[str, bool], ...] = (
     ("MeterSubCategory", False),
     ("MeterName", False),
     ("MeterRegion", False),
-    ("Unit", True),
+    ("Unit", False),
     ("ResourceLocation", False),
     ("ConsumedService", False),
     ("ResourceGroup", False),
@@ -96,7 +116,7 @@ ATTRIBUTES: tuple[tuple[str, bool], ...] = (
     ("ChargeType", True),
     ("UnitPrice", True),
     ("Quantity", True),
-    ("UnitType", False),
+    ("UnitType", True),
     ("BillingPreTaxTotal", True),
     ("BillingCurrency", True),
     ("PricingPreTaxTotal", True),
@@ -104,7 +124,7 @@ ATTRIBUTES: tuple[tuple[str, bool], ...] = (
     ("ServiceInfo1", False),
     ("ServiceInfo2", False),
     ("Tags", False),
-    ("AdditionalInfo", False),
+    ("AdditionalInfo", True),
     ("EffectiveUnitPrice", True),
     ("PCToBCExchangeRate", True),
     ("EntitlementId", True),
@@ -225,6 +245,122 @@ def usage_record(
         "BenefitOrderID": "",
         "BenefitID": "",
         "BenefitType": "",
+    }
+
+
+# -- invoices --------------------------------------------------------------------------------
+
+#: The currency the emulated partner (in the UK) is mostly billed in: its invoice of the last
+#: period is ``world.invoices[0]``.
+PRIMARY_CURRENCY = "GBP"
+CURRENCY_SYMBOLS = {"GBP": "£", "EUR": "€", "USD": "$"}
+
+
+def _derived_invoice(base: str, currency: str) -> str:
+    number = int(hashlib.sha256(f"{base}/{currency}".encode()).hexdigest(), 16) % 10**9
+    return f"G{number:09d}"
+
+
+def _reseller_rows(world: World, partner: Partner, period: str) -> list[UsageRow]:
+    return [
+        r
+        for r in world.usage
+        if r.period == period
+        and (c := world.customers.get(r.customer_tenant.lower())) is not None
+        and c.partner_tenant == partner.tenant_id
+        and c.reseller
+    ]
+
+
+def partner_invoices(world: World, partner: Partner) -> list[dict[str, Any]]:
+    """The partner's invoices, newest first, as Partner Center lists them.
+
+    The last period is billed on one invoice per currency its customers' usage is in; an
+    older invoice (``world.invoices[1]``) bills no Azure usage. ``_usage`` (not sent) says
+    whether an invoice bills the last period's usage.
+    """
+    if not world.invoices:
+        return []
+    now = world.now
+    this_month, last_month, month_before = _month(now, 0), _month(now, 1), _month(now, 2)
+    totals: dict[str, Decimal] = {}
+    for row in _reseller_rows(world, partner, "last"):
+        currency = row.fields.get("BillingCurrency", PRIMARY_CURRENCY).upper()
+        totals[currency] = totals.get(currency, Decimal(0)) + Decimal(
+            row.fields["BillingPreTaxTotal"]
+        )
+    currencies = sorted(totals, key=lambda c: (c != PRIMARY_CURRENCY, c)) or [PRIMARY_CURRENCY]
+    issued = this_month + timedelta(days=min(2, (now - this_month).days))
+    invoices = [
+        _invoice_json(
+            world.invoices[0] if index == 0 else _derived_invoice(world.invoices[0], currency),
+            issued=issued,
+            start=last_month,
+            end=this_month - timedelta(seconds=1),
+            total=totals.get(currency, Decimal(0)),
+            currency=currency,
+            usage=True,
+        )
+        for index, currency in enumerate(currencies)
+    ]
+    if len(world.invoices) > 1:
+        invoices.append(
+            _invoice_json(
+                world.invoices[1],
+                issued=last_month + timedelta(days=2),
+                start=month_before,
+                end=last_month - timedelta(seconds=1),
+                total=Decimal("1250.40"),  # licences only
+                currency=PRIMARY_CURRENCY,
+                usage=False,
+            )
+        )
+    return invoices
+
+
+def _invoice_json(
+    invoice_id: str,
+    *,
+    issued: datetime,
+    start: datetime,
+    end: datetime,
+    total: Decimal,
+    currency: str,
+    usage: bool,
+) -> dict[str, Any]:
+    """An invoice as developer/get-a-collection-of-invoices.md shows one (modern: one-time)."""
+    return {
+        "id": invoice_id,
+        "invoiceDate": iso(issued),
+        "billingPeriodStartDate": iso(start),
+        "billingPeriodEndDate": iso(end),
+        "totalCharges": float(total.quantize(Decimal("0.01"))),
+        "paidAmount": 0,
+        "currencyCode": currency,
+        "currencySymbol": CURRENCY_SYMBOLS.get(currency, currency),
+        "pdfDownloadLink": f"/invoices/{invoice_id}/documents/statement",
+        "taxReceipts": [],
+        "invoiceDetails": [
+            {
+                "invoiceLineItemType": "billing_line_items",
+                "billingProvider": "one_time",
+                "links": {
+                    "self": {
+                        "uri": f"/invoices/OneTime-{invoice_id}/lineitems/OneTime/BillingLineItems",
+                        "method": "GET",
+                        "headers": [],
+                    }
+                },
+                "attributes": {"objectType": "InvoiceDetail"},
+            }
+        ],
+        "documentType": "invoice",
+        "invoiceType": "OneTime",
+        "links": {
+            "self": {"uri": f"/invoices/OneTime-{invoice_id}", "method": "GET", "headers": []}
+        },
+        "attributes": {"objectType": "Invoice"},
+        "_usage": usage,
     }
 
 
@@ -354,8 +490,14 @@ def register(emulator: Emulator) -> None:
                 invoice = body["invoiceId"]
                 period_start = _month(now, 1)
                 rows = [r for r in world.usage if r.period == invoice]
-                if not rows and world.invoices and invoice == world.invoices[0]:
-                    rows = [r for r in world.usage if r.period == "last"]
+                billed = {i["id"]: i for i in partner_invoices(world, partner)}.get(invoice)
+                if not rows and billed is not None and billed["_usage"]:
+                    rows = [
+                        r
+                        for r in world.usage
+                        if r.period == "last"
+                        and r.fields.get("BillingCurrency", "").upper() == billed["currencyCode"]
+                    ]
                 directory = (
                     f"billedusagefastpath/v1/PartnerTenantId={partner.tenant_id}"
                     f"/BillingMonth={period_start:%Y%m}/InvoiceId={invoice}/InvoiceVersion={now:%Y%m}"
@@ -365,7 +507,10 @@ def register(emulator: Emulator) -> None:
                 for r in rows
                 if (c := world.customers.get(r.customer_tenant.lower())) is not None
                 and c.partner_tenant == partner.tenant_id
+                and c.reseller
             ]
+            if emulator.state.get("billing_no_data"):
+                mine = []
             records = [usage_record(world, partner, r, invoice, period_start) for r in mine]
         operation_id = str(uuid.uuid4())
         created = datetime.now(UTC)
@@ -500,6 +645,33 @@ def register(emulator: Emulator) -> None:
             }
         )
 
+    @route(
+        "/partnercenter/v1/invoices",
+        endpoint="billing.invoices",
+        doc="developer/get-a-collection-of-invoices.md",
+    )
+    def invoices(emu: Emulator, request: Request) -> Response:
+        """The partner's invoices (App or App+User); size and offset are ignored, as the
+        page says they are for modern commerce invoices."""
+        token = emu.authorize(request, PARTNER_CENTER)
+        if token.tenant not in world.partners:
+            return partner_center_error(
+                401, 400, "Access denied: the token's tenant is not a partner tenant."
+            )
+        with world.lock:
+            items = [
+                {k: v for k, v in invoice.items() if not k.startswith("_")}
+                for invoice in partner_invoices(world, world.partners[token.tenant])
+            ]
+        return json_response(
+            {
+                "totalCount": len(items),
+                "items": items,
+                "links": {"self": {"uri": "/invoices", "method": "GET", "headers": []}},
+                "attributes": {"objectType": "Collection"},
+            }
+        )
+
     @route("/blob/<path:blob_path>", endpoint="billing.blob", methods=("GET",))
     def blob(emu: Emulator, request: Request, blob_path: str) -> Response:
         """A blob of an export, read with the manifest's directory SAS (Azure Blob Storage)."""
@@ -560,7 +732,20 @@ def register(emulator: Emulator) -> None:
                 headers=headers,
                 content_type="application/octet-stream",
             )
-        return Response(data, headers=headers, content_type="application/octet-stream")
+        # Sent a chunk at a time, as storage streams a blob: the server never copies it whole.
+        headers["Content-Length"] = str(len(data))
+        return Response(
+            _chunks(data),
+            headers=headers,
+            content_type="application/octet-stream",
+            direct_passthrough=True,
+        )
+
+
+def _chunks(data: bytes, size: int = 64 * 1024) -> Any:
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield bytes(view[start : start + size])
 
 
 def _ordered(body: dict[str, Any]) -> dict[str, Any]:

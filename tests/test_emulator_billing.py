@@ -87,16 +87,25 @@ def plain(record: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(record, default=float))
 
 
-def world_rows(server, period: str) -> list:
+def world_rows(server, period: str, currency: str | None = None) -> list:
+    """The world's usage rows of the partner's reseller customers (GDAP-only customers buy
+    their Azure elsewhere), in one currency if given."""
     mine = {
         c.tenant_id
         for c in server.world.customers.values()
-        if c.partner_tenant == partner(server).tenant_id
+        if c.partner_tenant == partner(server).tenant_id and c.reseller
     }
-    return [r for r in server.world.usage if r.period == period and r.customer_tenant in mine]
+    return [
+        r
+        for r in server.world.usage
+        if r.period == period
+        and r.customer_tenant in mine
+        and (currency is None or r.fields["BillingCurrency"] == currency)
+    ]
 
 
 def test_unbilled_export_end_to_end(emulator):
+    emulator.app.state["billing_rows_per_blob"] = 5  # a manifest of several blobs
     hdrs = headers(emulator)
     operation = export(
         emulator,
@@ -118,8 +127,9 @@ def test_unbilled_export_end_to_end(emulator):
     assert manifest["blobCount"] == len(manifest["blobs"]) >= 2
 
     records = download(emulator, manifest)
-    expected = world_rows(emulator, "current")
-    assert len(records) == len(expected) == 40
+    expected = world_rows(emulator, "current", "GBP")
+    assert len(records) == len(expected) == 16 and len(manifest["blobs"]) == 4
+    assert {r["BillingCurrency"] for r in records} == {"GBP"}
     for record in records:
         assert list(record) == list(billing.FULL)
         assert_conforms(load_sample(AREA, "usage_record_full"), plain(record))
@@ -147,13 +157,14 @@ def test_billed_export_of_an_invoice_in_basic_attributes(emulator):
         emulator, "GET", operation["resourceLocation@odata.navigationLink"], headers(emulator)
     ).json()
     records = download(emulator, manifest)
-    expected = world_rows(emulator, "last")
-    assert len(records) == len(expected)
+    expected = world_rows(emulator, "last", "GBP")  # the first invoice is the pounds one
+    assert len(records) == len(expected) > 0
     for record in records:
         assert list(record) == list(billing.BASIC)
         assert_conforms(load_sample(AREA, "usage_record_basic"), plain(record))
-        assert "MeterId" not in record and "Tags" not in record
-        assert record["InvoiceNumber"] == invoice
+        assert "MeterId" not in record and "Tags" not in record and "Unit" not in record
+        assert record["UnitType"] and record["InvoiceNumber"] == invoice
+        assert record["BillingCurrency"] == "GBP"
     assert sum(r["BillingPreTaxTotal"] for r in records) == sum(
         Decimal(r.fields["BillingPreTaxTotal"]) for r in expected
     )
@@ -163,7 +174,8 @@ def test_no_data_fails_the_operation(emulator):
     emulator.app.state["billing_running_polls"] = 0
     for kind, body in (
         ("billed", {"invoiceId": "G000000000"}),
-        ("unbilled", {"currencyCode": "USD", "billingPeriod": "last"}),  # not billed in USD
+        ("unbilled", {"currencyCode": "JPY", "billingPeriod": "last"}),  # not billed in yen
+        ("billed", {"invoiceId": emulator.world.invoices[1]}),  # an invoice of licences only
     ):
         operation = export(emulator, kind, body, headers(emulator))
         assert_conforms(load_sample(AREA, "operation_failed"), operation)
@@ -227,3 +239,62 @@ def test_exports_need_partner_billing_permission(emulator):
     assert call(emulator, "POST", f"{BASE}/usage/billed/export", hdrs, json={}).status_code == 400
     assert call(emulator, "GET", f"{BASE}/operations/no-such-operation", hdrs).status_code == 404
     assert call(emulator, "GET", f"{BASE}/manifests/no-such-manifest", hdrs).status_code == 404
+
+
+def test_the_no_data_switch_fails_every_export(emulator):
+    emulator.app.state["billing_running_polls"] = 0
+    emulator.app.state["billing_no_data"] = True
+    operation = export(
+        emulator, "unbilled", {"currencyCode": "GBP", "billingPeriod": "current"}, headers(emulator)
+    )
+    assert operation["error"] == {"message": "No data available", "code": "5000"}
+
+
+def pc_headers(server, *, tenant=None) -> dict[str, str]:
+    token = server.app.tokens.issue(
+        client_id=partner(server).partner_center_app.client_id,
+        tenant=tenant or partner(server).tenant_id,
+        resource=emulator_app.PARTNER_CENTER,
+        scopes=("https://api.partnercenter.microsoft.com/.default",),
+        user=None,
+        roles=(),
+    )
+    return {"Authorization": f"Bearer {token.value}"}
+
+
+def test_invoices_bill_the_last_period_once_per_currency(emulator):
+    listed = call(emulator, "GET", "/partnercenter/v1/invoices", pc_headers(emulator))
+    assert listed.status_code == 200
+    body = listed.json()
+    assert_conforms(load_sample("partner_center", "invoices_list"), body)
+    invoices = body["items"]
+    assert body["totalCount"] == len(invoices) == 4  # GBP, EUR, USD of last month; an older one
+    latest = [i for i in invoices if i["billingPeriodStartDate"] == "2025-12-01T00:00:00Z"]
+    assert sorted(i["currencyCode"] for i in latest) == ["EUR", "GBP", "USD"]
+    assert latest[0]["id"] == emulator.world.invoices[0] and latest[0]["currencyCode"] == "GBP"
+    assert all(i["id"].startswith("G") and i["documentType"] == "invoice" for i in invoices)
+    assert all(i["invoiceDate"] <= "2026-01-05" for i in invoices)  # issued before now
+    emulator.app.state["billing_running_polls"] = 0
+    for invoice in latest:
+        operation = export(emulator, "billed", {"invoiceId": invoice["id"]}, headers(emulator))
+        manifest = call(
+            emulator, "GET", operation["resourceLocation@odata.navigationLink"], headers(emulator)
+        ).json()
+        records = download(emulator, manifest)
+        expected = world_rows(emulator, "last", invoice["currencyCode"])
+        assert len(records) == len(expected) > 0
+        assert {r["InvoiceNumber"] for r in records} == {invoice["id"]}
+        total = sum(Decimal(r.fields["BillingPreTaxTotal"]) for r in expected)
+        assert invoice["totalCharges"] == float(total.quantize(Decimal("0.01")))
+    # Another partner's token, or none, lists nothing.
+    customer = next(iter(emulator.world.customers.values()))
+    assert call(emulator, "GET", "/partnercenter/v1/invoices").status_code == 401
+    assert (
+        call(
+            emulator,
+            "GET",
+            "/partnercenter/v1/invoices",
+            pc_headers(emulator, tenant=customer.tenant_id),
+        ).status_code
+        == 401
+    )
