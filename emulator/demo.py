@@ -3,7 +3,8 @@
 It starts the emulator, writes ``DIR/halo-integrator.toml`` pointing at it (the emulated
 apps' secrets in files beside it, readable by the owner only), authorizes the Partner Center
 connection through the emulator's sign-in (the same authorization-code flow a browser would
-complete), and leaves the rest to the ordinary sync into ``DIR/halo-integrator.db``.
+complete), prices the subscriptions from the emulator's GB price sheet (current and future),
+and leaves the rest to the ordinary sync into ``DIR/halo-integrator.db``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,26 @@ relationship_mode = "gdap_and_dap"
 licence_import_type = "subscriptions_and_skus"
 partner_center_app = {{ client_id = "{partner.partner_center_app.client_id}", client_secret = {{ file = "{files["partner-center-app"]}" }} }}
 gdap_app = {{ client_id = "{partner.gdap_app.client_id}", client_secret = {{ file = "{files["gdap-app"]}" }} }}
+
+[modules.consumption_billing]
+enabled = true
+# Azure usage from the partner's billing exports, read with the connection above: one
+# invoice line per customer, Azure subscription and meter category, at cost plus 15%
+# (storage plus 25%), at least 1.00; `halo-integrator billing report` shows a month.
+group_by = ["subscription", "meter_category"]
+description = "Azure usage: {{MeterCategory}}, {{SubscriptionDescription}} ({{period_name}})"
+default_markup_percent = 15
+minimum_line_charge = 1.00
+
+[[modules.consumption_billing.markups]]
+meter_category = "Storage"
+percent = 25
+
+[modules.subscription_pricing]
+enabled = true
+# Each subscription gets the cost price of the GB price sheet ([integrator] marketplace) and
+# a sell price 20% above it; `halo-integrator pricing changes` lists the planned changes.
+markup_percent = 20
 """,
         encoding="utf-8",
     )
@@ -101,4 +122,5 @@ def authorize_through_emulator(config: Config, server: EmulatorServer) -> str:
 def prepare(directory: Path, server: EmulatorServer) -> tuple[Config, str]:
     """Write the config, load it and authorize its connection."""
     config = load_config(write_demo_config(directory, server))
-    return config, authorize_through_emulator(config, server)
+    user = authorize_through_emulator(config, server)
+    return config, user

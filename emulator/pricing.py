@@ -6,10 +6,19 @@ request's ``Accept-Encoding`` names ``deflate``), with ``timeline`` = ``current`
 ``history`` (with ``month=YYYYMM``) or ``future``.
 
 Page followed: Partner Center developer/get-a-price-sheet.md (``kvamseek/partner-center`` copy at
-85eb3c40). Rows: one for each SKU of `world.SKU_CATALOG` and each (term, billing plan) it is
-sold on — P1M billed monthly, P1Y billed monthly, P1Y billed annually (P1M is never billed
-annually) — in GBP for GB and USD for US, plus a tiered product whose price depends on the
-seat count (``PricingTierRangeMin``/``Max`` filled in).
+85eb3c40). Rows: one for each SKU of `world.SKU_CATALOG` (the products of the generated
+subscriptions) and each (term, billing plan) it is sold on — P1M billed monthly, P1Y billed
+monthly, P1Y billed annually (P1M is never billed annually), and for Microsoft 365 E3 and
+Business Premium also P3Y billed annually and triennially — in GBP for GB and USD for US,
+plus a tiered product whose price depends on the seat count (``PricingTierRangeMin``/``Max``
+filled in). A one-year term billed monthly costs 5% more a month than one billed annually
+(Microsoft's rule since April 2025); a one-month term 20% more.
+
+Also here, because price sheets are what needs it: Partner Center's
+``GET /partnercenter/v1/relationships?relationship_type=IsIndirectResellerOf|
+IsIndirectCloudSolutionProviderOf`` (developer/retrieve-a-list-of-indirect-resellers.md):
+the indirect providers of a partner whose ``Partner.direct`` is false (one, "Emulated
+Distributor"), none for a direct partner; App+User only, as the page says.
 
 Choices where the docs are silent:
 
@@ -18,8 +27,14 @@ Choices where the docs are silent:
   page shows; ``emulator.state["pricesheet_straight_quote"] = True`` writes ``"ERP Price"``),
   dates as ``M/D/YYYY h:mm:ss AM``, prices as plain decimals (``115.2``, ``144``).
   UnitPrice is ERP less 20%, the ratio of the page's sample row.
-* ``timeline=future`` answers 404 unless ``emulator.state["price_changes"]`` plans changes:
-  ``{"<ProductId>:<SkuId>": multiplier}``, effective the first of next month.
+* Each list is one month's (``current``: the month of the world's clock; ``future``: the
+  next; ``history``: the month asked), its rows dated from the month's first to its last
+  second, priced with the `World.price_changes` in force at the month's start (a generated
+  world plans `world.PLANNED_PRICE_CHANGES` for the month after it starts). ``future``
+  answers 404 when no change starts next month ("there will be no future price list
+  returned"), as the page says.
+* An indirect (Tier 2) reseller (``Partner.direct`` false) gets 403 for price sheets; the
+  page documents no answer for it.
 * App-only tokens are refused with 401 (the page: "Application-only isn't yet supported";
   partners report ``401 Unauthorized: Invalid Authorization header``). The body shape of the
   pricing host's errors is not documented; ours is ``{"code": …, "message": …}``.
@@ -33,14 +48,22 @@ from __future__ import annotations
 import csv
 import io
 import re
+import uuid
 import zipfile
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
-from .app import PARTNER_API, AuthFailure, Emulator, json_response
+from .app import (
+    PARTNER_API,
+    PARTNER_CENTER,
+    AuthFailure,
+    Emulator,
+    json_response,
+    partner_center_error,
+)
 from .world import SKU_CATALOG
 
 HEADER = (
@@ -101,12 +124,21 @@ TIERED = {
         (501, None, {"GBP": Decimal("25.60"), "USD": Decimal("32.00")}),
     ),
 }
-#: (term, billing plan, multiplier of the monthly ERP): P1M costs 20% more than P1Y.
+#: (term, billing plan, multiplier of the monthly ERP of a one-year term billed annually):
+#: P1M costs 20% more a month, P1Y billed monthly 5% more.
 PLANS = (
     ("P1M", "Monthly", Decimal("1.2")),
-    ("P1Y", "Monthly", Decimal("1")),
+    ("P1Y", "Monthly", Decimal("1.05")),
     ("P1Y", "Annual", Decimal("12")),
 )
+#: The three-year terms of the products sold on them.
+THREE_YEAR_PLANS = (
+    ("P3Y", "Annual", Decimal("12")),
+    ("P3Y", "Triennial", Decimal("36")),
+)
+THREE_YEAR_PRODUCTS = {"SPE_E3", "SPB"}
+#: The indirect provider an indirect reseller buys from.
+DISTRIBUTOR = {"name": "Emulated Distributor", "mpnId": "4847383", "location": "GB"}
 SHEET = re.compile(
     r"^pricesheets\(\s*Market\s*=\s*'(?P<market>[^']*)'\s*,\s*PricesheetView\s*=\s*'(?P<view>[^']*)'\s*\)$",
     re.IGNORECASE,
@@ -136,16 +168,19 @@ def _month_bounds(first: datetime) -> tuple[datetime, datetime]:
 
 
 def price_rows(
-    market: str, start: datetime, end: datetime, changes: dict[str, Any] | None = None
+    market: str,
+    start: datetime,
+    end: datetime,
+    factor: Callable[[str], Decimal] | None = None,
 ) -> list[list[str]]:
-    """The sheet's rows for ``market`` in force from ``start`` to ``end``."""
+    """The sheet's rows for ``market`` in force from ``start`` to ``end``; ``factor`` gives
+    the change of a ``"ProductId:SkuId"``'s price (none by default)."""
     currency = MARKETS[market]
-    changes = changes or {}
     rows: list[list[str]] = []
 
     def add(title, product, sku, description, term, plan, erp, low="", high="") -> None:
-        factor = Decimal(str(changes.get(f"{product}:{sku}", 1)))
-        erp = (erp * factor).quantize(Decimal("0.01"))
+        change = factor(f"{product}:{sku}") if factor else Decimal(1)
+        erp = (erp * change).quantize(Decimal("0.01"))
         rows.append(
             [
                 title,
@@ -171,7 +206,8 @@ def price_rows(
 
     for _sku_id, part, name, product, catalog_sku in SKU_CATALOG:
         monthly = MONTHLY_ERP.get(part, {}).get(currency, Decimal("10"))
-        for term, plan, times in PLANS:
+        plans = PLANS + (THREE_YEAR_PLANS if part in THREE_YEAR_PRODUCTS else ())
+        for term, plan, times in plans:
             add(
                 name,
                 product,
@@ -222,8 +258,16 @@ def register(emulator: Emulator) -> None:
         token = emu.authorize(request, PARTNER_API)
         if token.app_only:
             raise AuthFailure(_error(401, "Unauthorized", "Invalid Authorization header"))
-        if token.tenant not in world.partners:
+        partner = world.partners.get(token.tenant)
+        if partner is None:
             return _error(403, "Forbidden", "The caller is not in a partner tenant.")
+        if not partner.direct:
+            return _error(
+                403,
+                "Forbidden",
+                "Price sheets are available to direct bill partners and indirect providers; "
+                "an indirect reseller's prices come from its indirect provider.",
+            )
         match = SHEET.match(sheet)
         if match is None:
             return _error(404, "NotFound", f"No resource at sales/{sheet}.")
@@ -240,7 +284,6 @@ def register(emulator: Emulator) -> None:
         this_month = world.now.replace(
             day=1, hour=0, minute=0, second=0, microsecond=0, tzinfo=None
         )
-        changes: dict[str, Any] = {}
         if timeline == "current":
             start, end = _month_bounds(this_month)
         elif timeline == "history":
@@ -252,16 +295,27 @@ def register(emulator: Emulator) -> None:
                 return _error(400, "BadRequest", f"Month {month} is not in the past.")
             start, end = _month_bounds(first)
         elif timeline == "future":
-            changes = emu.state.get("price_changes") or {}
-            if not changes:  # "there will be no future price list returned": 404
-                return Response(status=404)
             start, end = _month_bounds((this_month + timedelta(days=32)).replace(day=1))
+            with world.lock:
+                coming = [
+                    c
+                    for c in world.price_changes
+                    if this_month < c.effective.replace(tzinfo=None) <= start
+                ]
+            if not coming:  # "there will be no future price list returned": 404
+                return Response(status=404)
         else:
             return _error(
                 400, "BadRequest", f"Invalid timeline '{timeline}': history, current or future."
             )
+        month = start.replace(tzinfo=UTC)
+        with world.lock:
+            factors = {
+                c.product_sku.lower(): world.price_factor(c.product_sku, month)
+                for c in world.price_changes
+            }
         data = render_csv(
-            price_rows(market, start, end, changes),
+            price_rows(market, start, end, lambda key: factors.get(key.lower(), Decimal(1))),
             curly=not emu.state.get("pricesheet_straight_quote"),
         )
         if "deflate" in request.headers.get("Accept-Encoding", "").lower():
@@ -278,4 +332,35 @@ def register(emulator: Emulator) -> None:
                 "Content-Disposition": f"attachment; filename={filename}",
                 "Cache-Control": "private",
             },
+        )
+
+    @emulator.route(
+        "/partnercenter/v1/relationships",
+        endpoint="partner_center.relationships",
+        doc="developer/retrieve-a-list-of-indirect-resellers.md",
+    )
+    def relationships(emu: Emulator, request: Request) -> Response:
+        token = emu.authorize(request, PARTNER_CENTER, delegated=True)
+        kind = request.args.get("relationship_type", "")
+        if kind.lower() not in ("isindirectresellerof", "isindirectcloudsolutionproviderof"):
+            return partner_center_error(
+                400,
+                3000,
+                "Invalid property: relationship_type must be IsIndirectResellerOf or "
+                "IsIndirectCloudSolutionProviderOf.",
+            )
+        partner = world.partners.get(token.tenant)
+        items = []
+        if partner is not None and not partner.direct and kind.lower() == "isindirectresellerof":
+            items.append(
+                {
+                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"distributor:{partner.tenant_id}")),
+                    **DISTRIBUTOR,
+                    "relationshipType": "is_indirect_reseller_of",
+                    "state": "Active",
+                    "attributes": {"objectType": "PartnerRelationship"},
+                }
+            )
+        return json_response(
+            {"totalCount": len(items), "items": items, "attributes": {"objectType": "Collection"}}
         )

@@ -266,6 +266,15 @@ SERVICE_PLANS: dict[str, tuple[ServicePlan, ...]] = {
     ),
 }
 
+#: The price changes a generated world plans (`World.price_changes`), from the first of the
+#: month after the world's start: Microsoft 365 E3 up 5%, Business Premium up 8%, Office 365
+#: F3 up 10%.
+PLANNED_PRICE_CHANGES = {
+    "CFQ7TTC0LFLZ:0001": Decimal("1.05"),
+    "CFQ7TTC0LCHC:0002": Decimal("1.08"),
+    "CFQ7TTC0LH05:0001": Decimal("1.10"),
+}
+
 GDAP_ROLES = {
     "88d8e3e3-8f55-4a1e-953a-9b9898b8876b": "Directory Readers",
     "f2ef992c-3afb-46b9-b7cf-a126ee74c451": "Global Reader",
@@ -273,6 +282,11 @@ GDAP_ROLES = {
     "4d6ac14f-3453-41d0-bef9-a3e0c569773a": "License Administrator",
     "62e90394-69f5-4237-9190-012177145e10": "Global Administrator",
 }
+#: The currency each customer's Azure usage is billed in, by the customer's place in the
+#: world (no draw from the generator, so the rest of the world is as it was): a partner in
+#: the UK bills most customers in pounds, European customers in euros, a few in dollars.
+BILLING_CURRENCIES = ("GBP", "GBP", "EUR", "GBP", "USD")
+
 METER_CATEGORIES = (
     ("Virtual Machines", "D2s v3", "1 Hour", Decimal("0.096")),
     ("Storage", "Standard SSD Managed Disks", "1/Month", Decimal("9.60")),
@@ -436,6 +450,20 @@ class Partner:
     direct: bool = True
 
 
+@attrs.frozen
+class PriceChange:
+    """A price change of one product and SKU (``"ProductId:SkuId"``) from ``effective`` on."""
+
+    product_sku: str
+    effective: datetime
+    factor: Decimal
+
+
+def first_of_next_month(when: datetime) -> datetime:
+    start = when.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
 @attrs.define(eq=False)
 class UsageRow:
     customer_tenant: str
@@ -456,6 +484,10 @@ class World:
         self.customers: dict[str, Customer] = {}
         self.usage: list[UsageRow] = []
         self.invoices: list[str] = []
+        #: Microsoft's price changes, in force from their dates on: the price sheets of a
+        #: month apply those in force then; the future sheet is 404 while none comes next
+        #: month. `plan_price_change` adds one.
+        self.price_changes: list[PriceChange] = []
         self._sequence = 0
 
     # -- identities ------------------------------------------------------------------------
@@ -657,6 +689,28 @@ class World:
         with self.lock:
             self.now += timedelta(**delta)
             return self.now
+
+    def plan_price_change(
+        self, product_sku: str, factor: Decimal | str, effective: datetime | None = None
+    ) -> PriceChange:
+        """Change the price of ``"ProductId:SkuId"`` by ``factor`` from ``effective`` (the
+        first of next month by default) on."""
+        with self.lock:
+            if effective is None:
+                effective = first_of_next_month(self.now)
+            change = PriceChange(
+                product_sku=product_sku, effective=effective, factor=Decimal(factor)
+            )
+            self.price_changes.append(change)
+            return change
+
+    def price_factor(self, product_sku: str, month: datetime) -> Decimal:
+        """The product of the changes of ``"ProductId:SkuId"`` in force in ``month``."""
+        factor = Decimal(1)
+        for change in self.price_changes:
+            if change.product_sku.lower() == product_sku.lower() and change.effective <= month:
+                factor *= change.factor
+        return factor
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -882,13 +936,18 @@ def generate(
             SKU_CATALOG, k=rng.randrange(1, 4)
         ):
             size = max(1, int(users * rng.uniform(0.5, 1.2)))
+            # Drawn in the order they always were, so that the world stays the same.
+            subscription_id = world.new_id()
+            offer = f"{product}:{catalog_sku}:{rng.choice(('006Q', '00RF', '0058'))}"
+            cycle, term = rng.choice(("monthly", "annual")), rng.choice(("P1M", "P1Y", "P1Y"))
             subscription = Subscription(
-                id=world.new_id(),
-                offerId=f"{product}:{catalog_sku}:{rng.choice(('006Q', '00RF', '0058'))}",
+                id=subscription_id,
+                offerId=offer,
                 offerName=sku_name,
                 quantity=size,
-                billingCycle=rng.choice(("monthly", "annual")),
-                termDuration=rng.choice(("P1M", "P1Y", "P1Y")),
+                # A one-month term is billed monthly: new commerce sells no other plan of it.
+                billingCycle="monthly" if term == "P1M" else cycle,
+                termDuration=term,
                 creationDate=world.now - timedelta(days=rng.randrange(0, 400)),
                 skuId=sku_id,
             )
@@ -973,11 +1032,15 @@ def generate(
                                 "BillingPreTaxTotal": str(
                                     (quantity * price).quantize(Decimal("0.000001"))
                                 ),
-                                "BillingCurrency": "GBP",
+                                "BillingCurrency": BILLING_CURRENCIES[
+                                    index % len(BILLING_CURRENCIES)
+                                ],
                                 "ChargeType": "new",
                             },
                         )
                     )
+    for product_sku, factor in PLANNED_PRICE_CHANGES.items():
+        world.plan_price_change(product_sku, factor)
     # The first invoice is the one billing the last period's rows.
     world.invoices = [f"G{rng.randrange(10**9):09d}" for _ in range(2)]
     if odd_serials:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 CLI = Path(sys.executable).parent / "halo-integrator"
@@ -100,3 +101,80 @@ def test_the_demo_syncs_the_emulator_and_leaves_a_store_to_read(tmp_path):
     added, updated, unchanged = (int(n) for n in tenants_row[1:4])
     # Nothing new; only the consent-missing tenant's consent URL names the emulator's new port.
     assert (added, updated + unchanged) == (0, 5) and updated <= 1
+
+    # Subscription pricing ran after the sync: each subscription has the GB sheet's price,
+    # a sell price 20% above it, and the emulator's planned price changes are listed.
+    assert "subscription_pricing: succeeded" in demo.stdout
+    assert "subscription_pricing: succeeded" in again.stdout
+    priced = export("subscriptions")
+    assert priced and all(
+        row["cost_price"] is not None
+        and row["currency"] == "GBP"
+        and row["price_market"] == "GB"
+        and row["price_effective_start"]
+        and row["price_note"] is None
+        and row["sell_price_rule"] == "markup 20%"
+        and Decimal(row["sell_price"])
+        == (Decimal(row["cost_price"]) * Decimal("1.2")).quantize(Decimal("0.01"))
+        for row in priced
+    )
+    changes = run("--config", str(config), "pricing", "changes", "--format", "json", cwd=tmp_path)
+    assert changes.returncode == 0, changes.stderr
+    planned = [json.loads(line) for line in changes.stdout.splitlines()]
+    assert planned and {row["status"] for row in planned} == {"planned"}
+    assert {row["effective"] for row in planned} == {"2026-02-01"}
+    assert all(Decimal(row["new_price"]) > Decimal(row["old_price"]) for row in planned)
+    assert {row["subscription_id"] for row in planned} <= {row["external_id"] for row in priced}
+
+
+def test_the_demo_bills_azure_usage_and_reports_it(tmp_path):
+    """The demo imports the emulated partner's Azure usage as invoice lines; the billing
+    report's per-customer costs add up to exactly what the usage rows of mapped tenants cost."""
+    from halo_microsoft_emulator import generate
+
+    demo = run("demo", "--dir", "d", cwd=tmp_path)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "consumption_billing: succeeded" in demo.stdout
+    assert "halo-integrator --config" in demo.stdout and " billing report" in demo.stdout
+    config = tmp_path / "d" / "halo-integrator.toml"
+
+    at = ("--config", str(config))
+    exported = run(*at, "export", "--what", "invoice-lines", "--format", "json", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
+    in_force = [line for line in lines if line["active"]]
+    assert in_force and all(
+        line["module"] == "consumption_billing"
+        and line["customer"]
+        and line["period"] in ("2025-12", "2026-01")
+        and line["description"].startswith("Azure usage: ")
+        and Decimal(line["price"]) >= Decimal(line["cost"]) * Decimal("1.15") - Decimal("0.01")
+        for line in in_force
+    )
+    # Last month is billed on its invoices; this month is an estimate so far.
+    assert {line["status"] for line in in_force if line["period"] == "2025-12"} == {"billed"}
+    assert {line["status"] for line in in_force if line["period"] == "2026-01"} == {"estimate"}
+
+    # The demo's world: every tenant with usage (a reseller customer) is mapped to a customer.
+    world = generate(seed=1, customers=5, users=25, devices=10)
+    for month, period in (("2025-12", "last"), ("2026-01", "current")):
+        report = run(*at, "billing", "report", "--period", month, "--format", "json", cwd=tmp_path)
+        assert report.returncode == 0, report.stderr
+        data = json.loads(report.stdout)
+        assert data["customers"] and data["unmatched"] == []
+        usage: dict[str, Decimal] = {}
+        for row in world.usage:
+            if row.period == period and world.customers[row.customer_tenant].reseller:
+                currency = row.fields["BillingCurrency"]
+                usage[currency] = usage.get(currency, Decimal(0)) + Decimal(
+                    row.fields["BillingPreTaxTotal"]
+                )
+        costs: dict[str, Decimal] = {}
+        for customer in data["customers"]:
+            costs[customer["currency"]] = costs.get(customer["currency"], Decimal(0)) + Decimal(
+                customer["cost"]
+            )
+        assert costs == usage
+        assert {c: Decimal(t["cost"]) for c, t in data["totals"].items()} == usage
+    table = run(*at, "billing", "report", "--period", "2025-12", cwd=tmp_path)
+    assert table.returncode == 0 and "total" in table.stdout and "margin" in table.stdout

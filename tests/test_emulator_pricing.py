@@ -7,6 +7,7 @@ import csv
 import io
 import re
 import zipfile
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import requests
@@ -14,7 +15,7 @@ from conformance import assert_conforms, load_sample
 
 from halo_microsoft_emulator import app as emulator_app
 from halo_microsoft_emulator import pricing
-from halo_microsoft_emulator.world import SKU_CATALOG
+from halo_microsoft_emulator.world import PLANNED_PRICE_CHANGES, SKU_CATALOG
 
 SHEET = "/partnerapi/v1.0/sales/pricesheets(Market='{market}',PricesheetView='{view}')/$value"
 DATE = re.compile(r"^\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}:\d{2} [AP]M$")
@@ -68,13 +69,16 @@ def test_price_sheet_csv_as_documented(emulator):
     assert header == list(pricing.HEADER)
     tiered = [r for r in rows if r[12]]
     plain = [r for r in rows if not r[12]]
-    assert len(plain) == len(SKU_CATALOG) * 3 and len(tiered) == 9
+    three_year = [part for _, part, *_ in SKU_CATALOG if part in pricing.THREE_YEAR_PRODUCTS]
+    assert len(plain) == len(SKU_CATALOG) * 3 + len(three_year) * 2 and len(tiered) == 9
     keys = {(r[1], r[2], r[7], r[8]) for r in plain}
     assert len(keys) == len(plain)  # one row per product, SKU, term and billing plan
     assert {(r[7], r[8]) for r in plain} == {
         ("P1M", "Monthly"),
         ("P1Y", "Monthly"),
         ("P1Y", "Annual"),
+        ("P3Y", "Annual"),
+        ("P3Y", "Triennial"),
     }
     assert {(r[1], r[2]) for r in plain} == {
         (product, sku) for _, _, _, product, sku in SKU_CATALOG
@@ -84,9 +88,13 @@ def test_price_sheet_csv_as_documented(emulator):
         assert DATE.match(row[14]) and DATE.match(row[15]), row
         assert PRICE.match(row[11]) and PRICE.match(row[17]), row
         assert Decimal(row[11]) == Decimal(row[17]) * Decimal("0.8")
-    annual = {r[1]: Decimal(r[17]) for r in plain if r[8] == "Annual"}
+    annual = {r[1]: Decimal(r[17]) for r in plain if r[7] == "P1Y" and r[8] == "Annual"}
     monthly = {r[1]: Decimal(r[17]) for r in plain if r[7] == "P1Y" and r[8] == "Monthly"}
-    assert all(annual[p] == monthly[p] * 12 for p in annual)
+    # A one-year term billed monthly costs 5% more a month than one billed annually.
+    assert all(
+        monthly[p] == (annual[p] / 12 * Decimal("1.05")).quantize(Decimal("0.01")) for p in annual
+    )
+    assert annual["CFQ7TTC0LSGZ"] == 0 and monthly["CFQ7TTC0LSGZ"] == 0  # a free product
     assert sorted((int(r[12]), r[13]) for r in tiered if r[8] == "Annual") == [
         (1, "50"),
         (51, "500"),
@@ -114,8 +122,14 @@ def test_deflate_answers_a_zip(emulator):
 
 
 def test_timelines(emulator):
+    world = emulator.world
+    # A generated world plans the changes of world.PLANNED_PRICE_CHANGES for next month.
+    assert {(c.product_sku, c.effective) for c in world.price_changes} == {
+        (key, datetime(2026, 2, 1, tzinfo=UTC)) for key in PLANNED_PRICE_CHANGES
+    }
+    world.price_changes.clear()
     assert sheet(emulator, query="?timeline=future").status_code == 404  # no planned changes
-    emulator.app.state["price_changes"] = {"CFQ7TTC0LFLZ:0001": "1.1"}
+    world.plan_price_change("CFQ7TTC0LFLZ:0001", "1.1")
     future = sheet(emulator, query="?timeline=future")
     assert future.status_code == 200
     _, rows = parse(future.content.decode("utf-8"))
@@ -123,9 +137,8 @@ def test_timelines(emulator):
     assert rows[0][14] == "2/1/2026 12:00:00 AM"
     e3_now = {(r[7], r[8]): Decimal(r[17]) for r in now if r[1] == "CFQ7TTC0LFLZ"}
     e3_future = {(r[7], r[8]): Decimal(r[17]) for r in rows if r[1] == "CFQ7TTC0LFLZ"}
-    assert all(
-        e3_future[k] == (e3_now[k] * Decimal("1.1")).quantize(Decimal("0.01")) for k in e3_now
-    )
+    # 10% up (each price rounded to the penny from the unrounded list price)
+    assert all(abs(e3_future[k] - e3_now[k] * Decimal("1.1")) <= Decimal("0.01") for k in e3_now)
     assert [r for r in rows if r[1] != "CFQ7TTC0LFLZ"] == [
         r[:14] + rows[0][14:16] + r[16:] for r in now if r[1] != "CFQ7TTC0LFLZ"
     ]
@@ -137,6 +150,16 @@ def test_timelines(emulator):
         "11/30/2025 11:59:59 PM",
     ]
     assert sheet(emulator, query="?timeline=history").status_code == 400
+    # A month later the change is in force: the current list has it, the future one is gone.
+    world.advance(days=31)
+    _, february = parse(sheet(emulator).content.decode("utf-8"))
+    assert [r[17] for r in february if r[1] == "CFQ7TTC0LFLZ"] == [
+        r[17] for r in rows if r[1] == "CFQ7TTC0LFLZ"
+    ]
+    assert february[0][14] == "2/1/2026 12:00:00 AM"
+    assert sheet(emulator, query="?timeline=future").status_code == 404
+    january = parse(sheet(emulator, query="?timeline=history&month=202601").content.decode())[1]
+    assert {(r[7], r[8]): Decimal(r[17]) for r in january if r[1] == "CFQ7TTC0LFLZ"} == e3_now
     assert sheet(emulator, query="?timeline=history&month=209901").status_code == 400
     assert sheet(emulator, query="?timeline=someday").status_code == 400
 
@@ -144,7 +167,56 @@ def test_timelines(emulator):
 def test_refusals(emulator):
     app_only = sheet(emulator, headers=headers(emulator, delegated=False))
     assert app_only.status_code == 401
+    partner = next(iter(emulator.world.partners.values()))
+    partner.direct = False  # an indirect (Tier 2) reseller
+    assert sheet(emulator).status_code == 403
+    partner.direct = True
     assert sheet(emulator, headers={}).status_code == 401
     assert sheet(emulator, market="ZZ").status_code == 400
     assert sheet(emulator, view="nonsense").status_code == 400
     assert sheet(emulator, view="azure_consumption").status_code == 501
+
+
+def test_indirect_providers_of_a_partner(emulator):
+    """retrieve-a-list-of-indirect-resellers.md: IsIndirectResellerOf lists an indirect
+    reseller's providers; App+User only."""
+    partner = next(iter(emulator.world.partners.values()))
+    token = emulator.app.tokens.issue(
+        client_id=partner.partner_center_app.client_id,
+        tenant=partner.tenant_id,
+        resource=emulator_app.PARTNER_CENTER,
+        scopes=(f"{emulator_app.PARTNER_CENTER}/user_impersonation",),
+        user="admin@emulatedmsp1.onmicrosoft.com",
+    )
+
+    def relationships(kind: str, bearer: str = token.value) -> requests.Response:
+        return requests.get(
+            f"{emulator.base_url}/partnercenter/v1/relationships",
+            params={"relationship_type": kind},
+            headers={"Authorization": f"Bearer {bearer}"},
+            verify=str(emulator.ca_bundle),
+            timeout=10,
+        )
+
+    direct = relationships("IsIndirectResellerOf")
+    assert direct.status_code == 200
+    assert direct.json() == {
+        "totalCount": 0,
+        "items": [],
+        "attributes": {"objectType": "Collection"},
+    }
+    partner.direct = False
+    [provider] = relationships("IsIndirectResellerOf").json()["items"]
+    assert provider["relationshipType"] == "is_indirect_reseller_of"
+    assert provider["state"] == "Active" and provider["name"] == "Emulated Distributor"
+    assert provider["attributes"] == {"objectType": "PartnerRelationship"}
+    assert relationships("IsIndirectCloudSolutionProviderOf").json()["items"] == []
+    assert relationships("Nonsense").status_code == 400
+    app_only = emulator.app.tokens.issue(
+        client_id=partner.partner_center_app.client_id,
+        tenant=partner.tenant_id,
+        resource=emulator_app.PARTNER_CENTER,
+        scopes=(f"{emulator_app.PARTNER_CENTER}/.default",),
+        user=None,
+    )
+    assert relationships("IsIndirectResellerOf", app_only.value).status_code == 403

@@ -1,0 +1,257 @@
+"""Which price-sheet row prices a stored subscription.
+
+A row fits a subscription when its product ID, SKU ID, term duration and billing plan are
+the subscription's: a one-year term billed monthly is another price than one billed
+annually. Among the rows that fit, a tiered price takes the tier whose seat range holds the
+subscription's quantity; then the row whose effective dates hold the day of the import
+(the latest to start, if several do). The current price list is "the prices of the current
+month to the day it is asked for", so when no row's dates hold that day the latest row that
+started before it is the price in force (a sheet whose dates lag the clock); a row that
+starts only later prices nothing yet. Every subscription no row prices gets the reason.
+
+Only the rows of products some stored subscription holds are kept (`PriceSheet.add`), so
+memory follows the subscriptions, not the size of the sheet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import attrs
+
+from ..models import Price
+from .rules import BillingPlan, PriceBookKey
+
+#: Months in one billing period of each plan: what a unit price is divided by for a month.
+MONTHS = {
+    BillingPlan.MONTHLY.value: 1,
+    BillingPlan.ANNUAL.value: 12,
+    BillingPlan.TRIENNIAL.value: 36,
+}
+_PLANS = {
+    "monthly": BillingPlan.MONTHLY.value,
+    "month": BillingPlan.MONTHLY.value,
+    "annual": BillingPlan.ANNUAL.value,
+    "annually": BillingPlan.ANNUAL.value,
+    "yearly": BillingPlan.ANNUAL.value,
+    "triennial": BillingPlan.TRIENNIAL.value,
+    "onetime": "one_time",
+}
+#: Partner Center's billing cycles that mean "no recurring plan".
+_NO_PLAN = {"", "none", "unknown"}
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def billing_plan(value: str | None) -> str | None:
+    """The one spelling of a billing plan or cycle: Partner Center's ``monthly`` and the
+    sheet's ``Monthly`` are both ``monthly``; ``None`` when there is none."""
+    if value is None:
+        return None
+    folded = re.sub(r"[\s_-]", "", value).casefold()
+    if folded in _NO_PLAN:
+        return None
+    return _PLANS.get(folded, folded)
+
+
+def monthly_amount(amount: Decimal | None, plan: str | None) -> Decimal | None:
+    """A unit price of one billing period, as a month of it (``None`` when not recurring)."""
+    months = MONTHS.get(plan or "")
+    return None if amount is None or months is None else amount / months
+
+
+def _fold(value: str | None) -> str:
+    return (value or "").strip().casefold()
+
+
+@attrs.frozen(kw_only=True)
+class StoredSubscription:
+    """A stored subscription as pricing sees it: what it is, and the price it has."""
+
+    id: int
+    tenant_id: str
+    external_id: str
+    customer: str
+    name: str
+    offer_id: str | None
+    product_id: str | None
+    sku_id: str | None
+    term_duration: str | None
+    billing_cycle: str | None
+    quantity: int
+    commitment_end: datetime | None = None
+    cost_price: Decimal | None = None
+    sell_price: Decimal | None = None
+    currency: str | None = None
+    sell_price_rule: str | None = None
+    price_market: str | None = None
+    price_effective_start: datetime | None = None
+    price_effective_end: datetime | None = None
+    price_note: str | None = None
+
+    @property
+    def plan(self) -> str | None:
+        return billing_plan(self.billing_cycle)
+
+    @property
+    def product_key(self) -> tuple[str, str] | None:
+        if not self.product_id or not self.sku_id:
+            return None
+        return (_fold(self.product_id), _fold(self.sku_id))
+
+    def book_key(self, currency: str | None) -> PriceBookKey:
+        return PriceBookKey(
+            product_id=self.product_id,
+            sku_id=self.sku_id,
+            term_duration=self.term_duration,
+            billing_plan=self.plan,
+            currency=currency,
+        )
+
+    def describe(self) -> str:
+        return f"{self.product_id} {self.sku_id} on term {self.term_duration} billed {self.plan}"
+
+
+@attrs.frozen
+class Match:
+    """The row that prices a subscription; ``in_force`` is false when its dates ended
+    before the import's day (the newest price the sheet has)."""
+
+    price: Price
+    in_force: bool = True
+
+
+@attrs.frozen
+class Miss:
+    """Why no row prices a subscription."""
+
+    reason: str
+
+
+def _start(price: Price) -> datetime:
+    return price.effective_start or _EARLIEST
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """A row's date in UTC; a date without a zone is taken as UTC, as the sheet's are."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _holds(price: Price, when: datetime) -> bool:
+    return (price.effective_start is None or price.effective_start <= when) and (
+        price.effective_end is None or when <= price.effective_end
+    )
+
+
+def _covers(price: Price, quantity: int) -> bool:
+    return (price.tier_minimum is None or quantity >= price.tier_minimum) and (
+        price.tier_maximum is None or quantity <= price.tier_maximum
+    )
+
+
+def _tiers(rows: Iterable[Price]) -> str:
+    ranges = sorted({(p.tier_minimum or 0, p.tier_maximum) for p in rows}, key=lambda r: r[0])
+    return ", ".join(f"{low}+" if high is None else f"{low}–{high}" for low, high in ranges)
+
+
+class PriceSheet:
+    """The rows of one price sheet (a market and timeline) that stored subscriptions may
+    need, grouped by product, SKU, term duration and billing plan."""
+
+    def __init__(self, market: str, timeline: str, products: set[tuple[str, str]]) -> None:
+        self.market = market
+        self.timeline = timeline
+        self.products = products
+        self.read = 0
+        self.kept = 0
+        self._rows: dict[tuple[str, str, str, str | None], list[Price]] = defaultdict(list)
+        self._offers: dict[tuple[str, str], set[tuple[str, str | None]]] = defaultdict(set)
+
+    def add(self, price: Price) -> bool:
+        """Keep ``price`` if a stored subscription holds its product and SKU."""
+        self.read += 1
+        product = (_fold(price.product_id), _fold(price.sku_id))
+        if product not in self.products:
+            return False
+        term, plan = _fold(price.term_duration), billing_plan(price.billing_plan)
+        start, end = _aware(price.effective_start), _aware(price.effective_end)
+        if (start, end) != (price.effective_start, price.effective_end):
+            price = attrs.evolve(price, effective_start=start, effective_end=end)
+        self._rows[(*product, term, plan)].append(price)
+        self._offers[product].add((term, plan))
+        self.kept += 1
+        return True
+
+    def _rows_of(self, subscription: StoredSubscription) -> list[Price] | Miss:
+        product = subscription.product_key
+        if product is None:
+            return Miss(
+                "not a new-commerce licence subscription: Partner Center gives no product and "
+                f"SKU ID for it (offer {subscription.offer_id or 'unknown'}), so no price-sheet "
+                "row can be its price"
+            )
+        if not subscription.term_duration or not subscription.plan:
+            return Miss(
+                "Partner Center gives no term duration or billing cycle for it "
+                f"(term {subscription.term_duration!r}, billing cycle "
+                f"{subscription.billing_cycle!r}): a price depends on both"
+            )
+        offers = self._offers.get(product)
+        if not offers:
+            return Miss(
+                f"product {subscription.product_id} SKU {subscription.sku_id} is not on the "
+                f"{self.market} price sheet"
+            )
+        rows = self._rows.get((*product, _fold(subscription.term_duration), subscription.plan))
+        if not rows:
+            have = ", ".join(
+                sorted(f"{term.upper()} billed {plan or 'with no plan'}" for term, plan in offers)
+            )
+            return Miss(
+                f"no {self.market} price for {subscription.describe()} (the sheet prices "
+                f"{subscription.product_id} {subscription.sku_id} at {have})"
+            )
+        covering = [row for row in rows if _covers(row, subscription.quantity)]
+        if not covering:
+            return Miss(
+                f"no price tier of {subscription.describe()} covers quantity "
+                f"{subscription.quantity} (tiers: {_tiers(rows)})"
+            )
+        return covering
+
+    def current(self, subscription: StoredSubscription, as_of: datetime) -> Match | Miss:
+        """The row pricing ``subscription`` on ``as_of``, or why there is none."""
+        rows = self._rows_of(subscription)
+        if isinstance(rows, Miss):
+            return rows
+        in_force = [row for row in rows if _holds(row, as_of)]
+        if in_force:
+            return Match(max(in_force, key=_start))
+        started = [
+            row for row in rows if row.effective_start is None or row.effective_start <= as_of
+        ]
+        if started:
+            return Match(max(started, key=_start), in_force=False)
+        first = min(_start(row) for row in rows)
+        return Miss(
+            f"the {self.market} price of {subscription.describe()} starts only on {first:%Y-%m-%d}"
+        )
+
+    def planned(self, subscription: StoredSubscription) -> Price | None:
+        """The next row of ``subscription``'s price: the earliest to start after the row
+        that prices it now (any row, when it has none)."""
+        rows = self._rows_of(subscription)
+        if isinstance(rows, Miss):
+            return None
+        after = subscription.price_effective_start
+        later = [
+            row
+            for row in rows
+            if row.effective_start is not None and (after is None or row.effective_start > after)
+        ]
+        return min(later, key=_start, default=None)
