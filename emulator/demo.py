@@ -124,3 +124,24 @@ def prepare(directory: Path, server: EmulatorServer) -> tuple[Config, str]:
     config = load_config(write_demo_config(directory, server))
     user = authorize_through_emulator(config, server)
     return config, user
+
+
+def show_billing_report(config: Config) -> None:
+    """Print the billing report of the newest month the demo's billing run imported."""
+    import click
+
+    from halo_integrator_core.billing import billing_report, report_periods
+    from halo_integrator_core.billing.report import as_table
+    from halo_integrator_core.store import Store, utcnow
+
+    if not config.module_enabled("consumption_billing"):
+        return
+    store = Store.open(config.store_url)
+    try:
+        with store.read() as connection:
+            months = sorted(report_periods(connection, "consumption_billing"))
+            if months:
+                report = billing_report(connection, "consumption_billing", months[-1], now=utcnow())
+                click.echo("\n" + as_table(report).rstrip("\n"))
+    finally:
+        store.close()

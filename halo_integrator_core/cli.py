@@ -895,7 +895,7 @@ def demo_command(
     """See it work end to end: the built-in Microsoft emulator, a config pointing at it, an
     authorized connection, and a full sync of every enabled module into DIR."""
     from halo_microsoft_emulator import EmulatorServer, generate
-    from halo_microsoft_emulator.demo import prepare
+    from halo_microsoft_emulator.demo import prepare, show_billing_report
 
     app.log_level = app.log_level or "warning"
     app.setup_logging()
@@ -919,6 +919,7 @@ def demo_command(
             store.close()
     for result in results:
         _print_summary(result)
+    show_billing_report(config)
     target = f"--config {config.source}"
     click.echo("\nThe emulator has stopped; the store is yours to read:")
     for command in (

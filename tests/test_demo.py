@@ -135,6 +135,7 @@ def test_the_demo_bills_azure_usage_and_reports_it(tmp_path):
     demo = run("demo", "--dir", "d", cwd=tmp_path)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "consumption_billing: succeeded" in demo.stdout
+    assert "consumption_billing — 2026-01 (open)" in demo.stdout  # the report it shows
     assert "halo-integrator --config" in demo.stdout and " billing report" in demo.stdout
     config = tmp_path / "d" / "halo-integrator.toml"
 
