@@ -43,7 +43,16 @@ from ..models import Checkpoint, Notice, RecordError, Tenant, UsageLine
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
 from ..store.request_log import StoreRequestLog
-from ..sync.engine import Change, Counts, Problem, Reporter, RunResult, SyncEngine
+from ..sync.engine import (
+    Change,
+    Counts,
+    Problem,
+    Reporter,
+    RunResult,
+    SyncEngine,
+    begin_run,
+    finish_run,
+)
 from ..sync.mapping import apply_config_mappings, resolve_tenant
 from .grouping import LineGroup, LineKey, describe, group_key
 from .money import exact_cost, sell_price
@@ -375,12 +384,7 @@ class BillingRunner:
             "force": force,
             "dry_run": dry_run,
         }
-        with self.store.unit() as connection:
-            run_id = connection.execute(
-                sa.insert(schema.sync_runs).values(
-                    module=name, started_at=utcnow(), outcome="running", options=options
-                )
-            ).inserted_primary_key[0]
+        run_id = begin_run(self.store, name, options)
         result = BillingResult(module=name, run_id=run_id, dry_run=dry_run)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(module=name, run_id=run_id):
@@ -461,17 +465,7 @@ class _ModuleImport:
         return self.counts.setdefault((kind, tenant_id), Counts())
 
     def problem(self, problem: Problem) -> None:
-        self.result.problem_total += 1
-        if len(self.result.problems) < MAX_STORED_PROBLEMS:
-            self.result.problems.append(problem)
-        logger = {"failed": log.error, "warning": log.warning}.get(problem.outcome, log.info)
-        logger(
-            "billing.problem_" + problem.outcome,
-            kind=problem.kind,
-            tenant=problem.tenant_id,
-            entity_id=problem.entity_id,
-            reason=problem.reason,
-        )
+        self.result.add_problem(problem, event="billing.problem_")
 
     def change(self, change: Change) -> None:
         if self.dry_run:
@@ -875,43 +869,7 @@ class _ModuleImport:
     def finish(self) -> None:
         for (kind, _), counts in self.counts.items():
             self.result.count(kind).add(counts)
-        result = self.result
-        with self.store.unit() as connection:
-            if self.counts:
-                connection.execute(
-                    sa.insert(schema.sync_counts),
-                    [
-                        {
-                            "run_id": result.run_id,
-                            "entity_kind": kind,
-                            "tenant_id": tenant,
-                            **c.as_dict(),
-                        }
-                        for (kind, tenant), c in self.counts.items()
-                    ],
-                )
-            if result.problems:
-                now = utcnow()
-                connection.execute(
-                    sa.insert(schema.sync_problems),
-                    [
-                        {
-                            "run_id": result.run_id,
-                            "entity_kind": p.kind,
-                            "tenant_id": p.tenant_id,
-                            "entity_id": p.entity_id,
-                            "outcome": p.outcome,
-                            "reason": redact_text(p.reason),
-                            "at": now,
-                        }
-                        for p in result.problems
-                    ],
-                )
-            connection.execute(
-                sa.update(schema.sync_runs)
-                .where(schema.sync_runs.c.id == result.run_id)
-                .values(finished_at=utcnow(), outcome=result.outcome, error=result.error)
-            )
+        finish_run(self.store, self.result, self.counts)
 
     def _stream(self, results: Iterable[Any]) -> Iterator[Any]:
         for found in results:

@@ -22,15 +22,22 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection
 
 from ..context import module_context
 from ..models import Notice, Price, RecordError
 from ..plugins import ActiveModule
-from ..store import schema, utcnow
-from ..sync.engine import MAX_STORED_PROBLEMS, Change, Counts, Problem, RunResult, SyncEngine
+from ..store import utcnow
+from ..sync.engine import (
+    Change,
+    Counts,
+    Problem,
+    RunResult,
+    SyncEngine,
+    begin_run,
+    finish_run,
+)
 from .history import PLANNED, ChangeBook
 from .matching import Miss, PriceSheet, StoredSubscription
 from .rules import PricingSettings
@@ -69,12 +76,7 @@ def import_prices(
         if timeline not in TIMELINES:
             raise ValueError(f"timeline {timeline!r}: use {' or '.join(TIMELINES)}")
     options = {"market": market, "timelines": list(timelines), "dry_run": dry_run}
-    with engine.store.unit() as connection:
-        run_id = connection.execute(
-            sa.insert(schema.sync_runs).values(
-                module=active.name, started_at=utcnow(), outcome="running", options=options
-            )
-        ).inserted_primary_key[0]
+    run_id = begin_run(engine.store, active.name, options)
     result = RunResult(module=active.name, run_id=run_id, dry_run=dry_run)
     run = _PricingRun(engine, active, result, market=market, as_of=as_of or utcnow())
     started = time.monotonic()
@@ -94,7 +96,7 @@ def import_prices(
         for (kind, _), counts in run.tenant_counts.items():
             result.count(kind).add(counts)
         result.note = "; ".join(run.notes) or None
-        engine._finish(result, run.tenant_counts)
+        finish_run(engine.store, result, run.tenant_counts)
         log.info(
             "pricing.finished",
             outcome=result.outcome,
@@ -138,17 +140,7 @@ class _PricingRun:
         return self.tenant_counts.setdefault((kind, tenant_id), Counts())
 
     def problem(self, problem: Problem) -> None:
-        self.result.problem_total += 1
-        if len(self.result.problems) < MAX_STORED_PROBLEMS:
-            self.result.problems.append(problem)
-        logger = {"failed": log.error, "warning": log.warning}.get(problem.outcome, log.info)
-        logger(
-            "pricing.record_" + problem.outcome,
-            kind=problem.kind,
-            tenant=problem.tenant_id,
-            entity_id=problem.entity_id,
-            reason=problem.reason,
-        )
+        self.result.add_problem(problem, event="pricing.record_")
 
     # -- one timeline ----------------------------------------------------------------------
 

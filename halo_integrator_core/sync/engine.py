@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from ..config import Config
 from ..context import ModuleContext, module_context
 from ..http import HttpClient
+from ..logging import redact_text
 from ..models import (
     LATEST_BOOKMARK,
     Checkpoint,
@@ -116,6 +117,71 @@ class RunResult:
 
     def count(self, kind: str) -> Counts:
         return self.counts.setdefault(kind, Counts())
+
+    def add_problem(self, problem: Problem, *, event: str = "sync.record_") -> None:
+        """Count, keep (up to `MAX_STORED_PROBLEMS`) and log one problem of the run."""
+        self.problem_total += 1
+        if len(self.problems) < MAX_STORED_PROBLEMS:
+            self.problems.append(problem)
+        logger = {"failed": log.error, "warning": log.warning}.get(problem.outcome, log.info)
+        logger(
+            event + problem.outcome,
+            kind=problem.kind,
+            tenant=problem.tenant_id,
+            entity_id=problem.entity_id,
+            reason=problem.reason,
+        )
+
+
+def begin_run(store: Store, module: str, options: dict[str, Any]) -> int:
+    """Record that a run of ``module`` starts; its ID. Every kind of run (sync, billing,
+    pricing) is recorded the same way, so `export --what runs` and health list them all."""
+    with store.unit() as connection:
+        return connection.execute(
+            sa.insert(schema.sync_runs).values(
+                module=module, started_at=utcnow(), outcome="running", options=options
+            )
+        ).inserted_primary_key[0]
+
+
+def finish_run(store: Store, result: RunResult, counts: Mapping[tuple[str, str], Counts]) -> None:
+    """Record how a run ended: its counts per (kind, tenant), its problems, its outcome."""
+    with store.unit() as connection:
+        if counts:
+            connection.execute(
+                sa.insert(schema.sync_counts),
+                [
+                    {
+                        "run_id": result.run_id,
+                        "entity_kind": kind,
+                        "tenant_id": tenant,
+                        **c.as_dict(),
+                    }
+                    for (kind, tenant), c in counts.items()
+                ],
+            )
+        if result.problems:
+            now = utcnow()
+            connection.execute(
+                sa.insert(schema.sync_problems),
+                [
+                    {
+                        "run_id": result.run_id,
+                        "entity_kind": p.kind,
+                        "tenant_id": p.tenant_id,
+                        "entity_id": p.entity_id,
+                        "outcome": p.outcome,
+                        "reason": redact_text(p.reason),
+                        "at": now,
+                    }
+                    for p in result.problems
+                ],
+            )
+        connection.execute(
+            sa.update(schema.sync_runs)
+            .where(schema.sync_runs.c.id == result.run_id)
+            .values(finished_at=utcnow(), outcome=result.outcome, error=result.error)
+        )
 
 
 @attrs.frozen
@@ -265,12 +331,7 @@ class SyncEngine:
             "site": scope.site.label if scope.site else None,
             "dry_run": dry_run,
         }
-        with self.store.unit() as connection:
-            run_id = connection.execute(
-                sa.insert(schema.sync_runs).values(
-                    module=active.name, started_at=utcnow(), outcome="running", options=options
-                )
-            ).inserted_primary_key[0]
+        run_id = begin_run(self.store, active.name, options)
         result = RunResult(module=active.name, run_id=run_id, dry_run=dry_run)
         started = time.monotonic()
         with structlog.contextvars.bound_contextvars(module=active.name, run_id=run_id):
@@ -287,7 +348,7 @@ class SyncEngine:
                 result.outcome = "failed"
                 result.error = _reason(exc)
             runner.total()
-            self._finish(result, runner.tenant_counts)
+            finish_run(self.store, result, runner.tenant_counts)
             log.info(
                 "sync.finished",
                 outcome=result.outcome,
@@ -296,44 +357,6 @@ class SyncEngine:
                 **{kind: counts.as_dict() for kind, counts in result.counts.items()},
             )
         return result
-
-    def _finish(self, result: RunResult, tenant_counts: dict[tuple[str, str], Counts]) -> None:
-        with self.store.unit() as connection:
-            if tenant_counts:
-                connection.execute(
-                    sa.insert(schema.sync_counts),
-                    [
-                        {
-                            "run_id": result.run_id,
-                            "entity_kind": kind,
-                            "tenant_id": tenant,
-                            **c.as_dict(),
-                        }
-                        for (kind, tenant), c in tenant_counts.items()
-                    ],
-                )
-            if result.problems:
-                now = utcnow()
-                connection.execute(
-                    sa.insert(schema.sync_problems),
-                    [
-                        {
-                            "run_id": result.run_id,
-                            "entity_kind": p.kind,
-                            "tenant_id": p.tenant_id,
-                            "entity_id": p.entity_id,
-                            "outcome": p.outcome,
-                            "reason": p.reason,
-                            "at": now,
-                        }
-                        for p in result.problems
-                    ],
-                )
-            connection.execute(
-                sa.update(schema.sync_runs)
-                .where(schema.sync_runs.c.id == result.run_id)
-                .values(finished_at=utcnow(), outcome=result.outcome, error=result.error)
-            )
 
 
 class _ModuleRun:
@@ -372,17 +395,7 @@ class _ModuleRun:
         return self.tenant_counts.setdefault((kind, tenant_id), Counts())
 
     def problem(self, problem: Problem) -> None:
-        self.result.problem_total += 1
-        if len(self.result.problems) < MAX_STORED_PROBLEMS:
-            self.result.problems.append(problem)
-        logger = {"failed": log.error, "warning": log.warning}.get(problem.outcome, log.info)
-        logger(
-            "sync.record_" + problem.outcome,
-            kind=problem.kind,
-            tenant=problem.tenant_id,
-            entity_id=problem.entity_id,
-            reason=problem.reason,
-        )
+        self.result.add_problem(problem)
 
     def run(self, kinds: set[EntityKind]) -> None:
         if EntityKind.TENANTS in kinds and self.implements("fetch_tenants"):
