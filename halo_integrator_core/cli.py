@@ -480,12 +480,12 @@ def sync(
     finally:
         store.close()
     for result in results:
-        _print_summary(result)
+        print_summary(result)
     if any(result.failed for result in results):
         sys.exit(EXIT_FAILED)
 
 
-def _print_summary(result: RunResult) -> None:
+def print_summary(result: RunResult) -> None:
     title = f"{result.module}: {result.outcome}" + (
         " (dry run: nothing written)" if result.dry_run else ""
     )
@@ -574,7 +574,7 @@ def run_command(app: App, once: bool, grace: float, every: int | None) -> None:
             click.echo("integrator.enabled is false: no scheduled syncs to run", err=True)
         results = run_once(daemon)
         for result in results:
-            _print_summary(result)
+            print_summary(result)
         if any(result.failed for result in results):
             sys.exit(EXIT_FAILED)
         return
@@ -918,7 +918,7 @@ def demo_command(
         finally:
             store.close()
     for result in results:
-        _print_summary(result)
+        print_summary(result)
     show_billing_report(config)
     target = f"--config {config.source}"
     click.echo("\nThe emulator has stopped; the store is yours to read:")

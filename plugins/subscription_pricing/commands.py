@@ -89,7 +89,7 @@ def import_command(app: Any, market: str | None, timeline: str | None, dry_run: 
         raise click.UsageError(str(exc)) from None
     finally:
         store.close()
-    cli._print_summary(result)
+    cli.print_summary(result)
     unmatched = sum(
         1 for p in result.problems if p.kind == "subscriptions" and p.outcome == "skipped"
     )
