@@ -231,6 +231,10 @@ class Emulator:
         self.tokens = Tokens()
         self.faults: list[Fault] = []
         self._faults_lock = threading.Lock()
+        #: Seconds every Microsoft API request waits before it is answered (the admin API's
+        #: do not): a real cloud's round trip, for benchmarks (`halo-integrator emulator
+        #: --latency-ms`). Unlike a ``slow`` fault it never shadows an injected fault.
+        self.latency: float = 0.0
         self.url_map = Map(strict_slashes=False, merge_slashes=False)
         self.handlers: dict[str, tuple[Handler, str | None]] = {}
         #: Every request served: (method, path, status), for tests.
@@ -350,6 +354,8 @@ class Emulator:
         except HTTPException as exc:  # pragma: no cover - werkzeug's own redirects
             return exc.get_response()
         handler, _ = self.handlers[endpoint]
+        if self.latency > 0 and not endpoint.startswith("admin."):
+            time.sleep(self.latency)
         tenant = values.get("tenant") or values.get("customer_id") or self._token_tenant(request)
         fault = self.take_fault(endpoint, tenant)
         if fault is not None:

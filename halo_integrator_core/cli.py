@@ -831,6 +831,14 @@ def world_options(*, customers: int) -> Any:
     help="Write the emulator's CA bundle here, so a config's ca_bundle path stays the same across "
     "restarts (the CA itself is new each start; default: a temporary folder).",
 )
+@click.option(
+    "--latency-ms",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Answer every Microsoft API request this many milliseconds late, as a real cloud's "
+    "round trip would (for benchmarks).",
+)
 def emulator_command(
     host: str,
     port: int,
@@ -840,6 +848,7 @@ def emulator_command(
     users: int,
     devices: int,
     state_dir: Path | None,
+    latency_ms: int,
 ) -> None:
     """Run the built-in Microsoft emulator on loopback and print the config that points at it."""
 
@@ -859,7 +868,9 @@ def emulator_command(
             login_port = port + 1 if port else 0
         server = EmulatorServer(
             world, host=host, port=port, login_port=login_port, state_dir=state_dir
-        ).start()
+        )
+        server.app.latency = latency_ms / 1000
+        server.start()
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"

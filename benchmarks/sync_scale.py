@@ -1,0 +1,511 @@
+"""Sync speed and memory at MSP scale, against the built-in Microsoft emulator (issue 10).
+
+    python benchmarks/sync_scale.py                       # 20 customers x 2,000 users x 1,000 devices
+    python benchmarks/sync_scale.py --latency-ms 100      # each request answered 100 ms late
+    python benchmarks/sync_scale.py --customers 100 --users 2000 --devices 1000 --json out.json
+
+It starts ``halo-integrator emulator`` in a process of its own, then measures five runs, each
+in a fresh process so that its peak RSS is the syncing process's own:
+
+| row | what runs |
+|---|---|
+| raw | a minimal `requests` client: every page the sync reads (same URLs, ``$select`` and page sizes, tenants one after another as the engine goes), JSON-decoded and dropped; tokens fetched once per tenant |
+| floor | raw, plus one ``executemany`` per page into a bare SQLite table: the least work any fetch-and-store sync can do |
+| full | ``halo-integrator sync`` into a fresh SQLite store (tenants, licences, subscriptions, users, assets) |
+| unchanged | the same sync again, nothing changed upstream |
+| delta | ``halo-integrator sync --only users`` by delta links (``track = "beta"``, ``use_deltas``) after 1% of users changed (``/_admin/change-users``); its store was filled by an unmeasured first run |
+
+It prints a table and the ratios, writes JSON (``--json``), and exits 1 when a target of
+`TARGETS` that applies at this size and latency is missed (``--no-targets``: measure only).
+Not a test: nothing imports it, and pytest collects ``tests/`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = ("tenants", "licences", "subscriptions", "users", "assets")
+
+
+# --- targets (issue 10, part 2) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """``numerator / denominator <= limit`` (a row's peak RSS in MB when ``rss`` is set),
+    checked only when ``applies(args)`` holds."""
+
+    name: str
+    numerator: str
+    denominator: str | None
+    limit: float
+    applies: Callable[[argparse.Namespace], bool]
+    rss: bool = False
+
+
+TARGETS = (
+    Target(
+        "full <= 1.5 x floor (no added latency)", "full", "floor", 1.5, lambda a: a.latency_ms == 0
+    ),
+    Target(
+        "full <= 1.15 x raw (--latency-ms 100)", "full", "raw", 1.15, lambda a: a.latency_ms >= 100
+    ),
+    Target("unchanged <= 0.7 x full", "unchanged", "full", 0.7, lambda a: True),
+    Target("delta (1% changed) <= 0.05 x full", "delta", "full", 0.05, lambda a: True),
+    Target(
+        "full peak RSS <= 250 MB at 100 x 2,000 x 1,000",
+        "full",
+        None,
+        250.0,
+        lambda a: (a.customers, a.users, a.devices) == (100, 2000, 1000),
+        rss=True,
+    ),
+)
+# "Peak RSS at 10,000 users per tenant within 20% of that at 1,000" compares two runs:
+# `--rss-baseline` names the JSON of the 1,000-users run when this one has 10,000.
+RSS_GROWTH_LIMIT = 1.2
+
+
+# --- the emulator ------------------------------------------------------------------------
+
+
+def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[subprocess.Popen, dict]:
+    """``halo-integrator emulator`` in a process of its own; returns it and what it serves."""
+    command = [
+        sys.executable, "-c", "from halo_integrator_core.cli import main; main()", "emulator",
+        "--port", "0", "--seed", str(args.seed), "--customers", str(args.customers),
+        "--users", str(args.users), "--devices", str(args.devices),
+        "--state-dir", str(state_dir), "--latency-ms", str(args.latency_ms),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "HALO_INTEGRATOR_CONFIG"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("# export HALO_EMULATOR_GDAP_SECRET="):
+            break
+    else:
+        raise SystemExit(f"the emulator stopped before serving (exit {process.wait()})")
+    snippet = "".join(lines)
+    data = tomllib.loads(snippet)
+    [connection] = data["modules"]["microsoft_csp"]["connections"]
+    secrets = dict(re.findall(r"# export (HALO_EMULATOR_\w+?)=(\S+)", snippet))
+    served = {
+        "endpoints": data["endpoints"],
+        "admin": data["endpoints"]["graph"].rsplit("/graph", 1)[0] + "/_admin",
+        "partner_tenant": connection["tenant_id"],
+        "partner_center_app": {
+            "client_id": connection["partner_center_app"]["client_id"],
+            "secret": secrets["HALO_EMULATOR_PC_SECRET"],
+        },
+        "gdap_app": {
+            "client_id": connection["gdap_app"]["client_id"],
+            "secret": secrets["HALO_EMULATOR_GDAP_SECRET"],
+        },
+    }
+    return process, served
+
+
+def admin_post(served: dict, path: str, body: dict) -> dict:
+    import requests
+
+    answer = requests.post(
+        served["admin"] + path, json=body, verify=served["endpoints"]["ca_bundle"], timeout=300
+    )
+    answer.raise_for_status()
+    return answer.json()
+
+
+# --- configs for the real sync -------------------------------------------------------------
+
+
+def write_config(directory: Path, served: dict, *, deltas: bool) -> Path:
+    """A config pointing at the emulator, with the apps' secrets in files, authorized as
+    `halo-integrator demo` authorizes it."""
+    from halo_integrator_core.config import load_config
+    from halo_microsoft_emulator.demo import authorize_through_emulator
+
+    directory.mkdir(parents=True)
+    files = {}
+    for name in ("partner_center_app", "gdap_app"):
+        path = directory / f"{name}.secret"
+        path.write_text(served[name]["secret"] + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        files[name] = path
+    endpoints = "\n".join(f'{k} = "{v}"' for k, v in served["endpoints"].items())
+    beta = 'track = "beta"\n' if deltas else ""
+    users = "[users]\nuse_deltas = true\n" if deltas else ""
+    config = directory / "halo-integrator.toml"
+    config.write_text(
+        f"""[endpoints]
+{endpoints}
+
+[integrator]
+{beta}create_customers_from_tenants = true
+create_site_mappings_for_new_tenants = true
+
+{users}
+[modules.microsoft_csp]
+enabled = true
+
+[[modules.microsoft_csp.connections]]
+name = "emulator"
+tenant_id = "{served["partner_tenant"]}"
+relationship_mode = "gdap_and_dap"
+licence_import_type = "subscriptions_and_skus"
+partner_center_app = {{ client_id = "{served["partner_center_app"]["client_id"]}", client_secret = {{ file = "{files["partner_center_app"]}" }} }}
+gdap_app = {{ client_id = "{served["gdap_app"]["client_id"]}", client_secret = {{ file = "{files["gdap_app"]}" }} }}
+""",
+        encoding="utf-8",
+    )
+    authorize_through_emulator(load_config(config), None)  # type: ignore[arg-type]
+    return config
+
+
+# --- the measured runs (each in a worker process) -----------------------------------------
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_worker(spec: dict) -> dict:
+    if spec["mode"] in ("raw", "floor"):
+        return _run_client(spec)
+    return _run_sync(spec)
+
+
+def _run_client(spec: dict) -> dict:
+    """raw and floor: the sync's requests, decoded and dropped (or bare-inserted)."""
+    import requests
+
+    served, select = spec["served"], spec["select"]
+    endpoints = served["endpoints"]
+    verify = endpoints["ca_bundle"]  # per request: REQUESTS_CA_BUNDLE beats Session.verify
+    graph, pc = endpoints["graph"], endpoints["partner_center"]
+    http = requests.Session()
+    counts = dict.fromkeys(KINDS, 0)
+    db = None
+    if spec["mode"] == "floor":
+        db = sqlite3.connect(spec["database"])
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE rows (kind TEXT, tenant TEXT, id TEXT, body TEXT)")
+
+    def store(kind: str, tenant: str, items: list[dict], key: str = "id") -> None:
+        counts[kind] += len(items)
+        if db is not None and items:
+            db.executemany(
+                "INSERT INTO rows VALUES (?, ?, ?, ?)",
+                [(kind, tenant, str(i.get(key)), json.dumps(i)) for i in items],
+            )
+
+    def commit() -> None:  # per tenant and kind, as the store commits
+        if db is not None:
+            db.commit()
+
+    def token(tenant: str, app: str, resource_: str) -> dict[str, str] | None:
+        answer = http.post(
+            f"{endpoints['login']}/{tenant}/oauth2/v2.0/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": served[app]["client_id"],
+                "client_secret": served[app]["secret"],
+                "scope": f"{resource_}/.default",
+            },
+            verify=verify,
+            timeout=60,
+        )
+        if answer.status_code != 200:
+            return None  # no consent: the sync skips the tenant's directory too
+        return {"Authorization": "Bearer " + answer.json()["access_token"]}
+
+    def odata(url: str, headers: dict, params: dict | None = None):
+        while url:
+            answer = http.get(url, params=params, headers=headers, verify=verify, timeout=60)
+            answer.raise_for_status()
+            body = answer.json()
+            yield body.get("value", [])
+            url, params = body.get("@odata.nextLink"), None
+
+    def partner_center(path: str, headers: dict, params: dict | None = None):
+        url, extra = pc + path, {}
+        while True:
+            answer = http.get(
+                url, params=params, headers={**headers, **extra}, verify=verify, timeout=60
+            )
+            answer.raise_for_status()
+            body = answer.json()
+            yield body["items"]
+            link = (body.get("links") or {}).get("next")
+            if not link or not link.get("uri"):
+                return
+            uri = link["uri"] if link["uri"].startswith("/") else "/" + link["uri"]
+            url = pc + (uri if uri.startswith("/v1/") else "/v1" + uri)
+            extra = {h["key"]: h["value"] for h in link.get("headers") or ()}
+            params = None
+
+    started = time.perf_counter()
+    partner = served["partner_tenant"]
+    pc_headers = token(partner, "partner_center_app", "https://api.partnercenter.microsoft.com")
+    resellers = set()
+    for page in partner_center("/v1/customers", pc_headers, {"size": select["customers_page"]}):
+        resellers.update(c["companyProfile"]["tenantId"].lower() for c in page)
+    active: set[str] = set()
+    known: set[str] = set()
+    partner_graph = token(partner, "partner_center_app", "https://graph.microsoft.com")
+    for page in odata(f"{graph}/v1.0/tenantRelationships/delegatedAdminRelationships",
+                      partner_graph):  # fmt: skip
+        for relationship in page:
+            tenant_id = relationship["customer"]["tenantId"].lower()
+            known.add(tenant_id)
+            if relationship.get("status") in ("active", "expiring"):
+                active.add(tenant_id)
+    tenants = sorted(known | resellers)
+    counts["tenants"] = len(tenants)
+    for tenant in tenants:
+        headers = (
+            token(tenant, "gdap_app", "https://graph.microsoft.com") if tenant in active else None
+        )
+        if headers is not None:
+            for items in odata(f"{graph}/v1.0/subscribedSkus", headers):
+                store("licences", tenant, items, "skuId")
+            commit()
+        if tenant in resellers:
+            for items in partner_center(f"/v1/customers/{tenant}/subscriptions", pc_headers):
+                store("subscriptions", tenant, items)
+            commit()
+        if headers is None:
+            continue
+        for items in odata(f"{graph}/v1.0/users/delta", headers, {"$select": select["users"]}):
+            store("users", tenant, items)
+        commit()
+        for items in odata(f"{graph}/v1.0/deviceManagement/managedDevices", headers,
+                           {"$select": select["devices"]}):  # fmt: skip
+            store("assets", tenant, items)
+        commit()
+    wall = time.perf_counter() - started
+    return {"wall": wall, "records": sum(counts.values()), "counts": counts, "rss": peak_rss_mb()}
+
+
+def _run_sync(spec: dict) -> dict:
+    """full, unchanged, delta: ``halo-integrator sync`` in this process, its summary parsed."""
+    from halo_integrator_core import cli
+
+    argv = ["halo-integrator", "--config", spec["config"], "sync", *spec.get("sync_args", [])]
+    sys.argv = argv
+    out = io.StringIO()
+    profile = None
+    if spec.get("profile"):
+        import cProfile
+
+        profile = cProfile.Profile()
+    started = time.perf_counter()
+    code = 0
+    with contextlib.redirect_stdout(out):
+        if profile:
+            profile.enable()
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            if profile:
+                profile.disable()
+    wall = time.perf_counter() - started
+    if profile:
+        profile.dump_stats(spec["profile"])
+    summary = out.getvalue()
+    counts = _summary_counts(summary)
+    return {
+        "wall": wall,
+        "records": sum(sum(c.values()) for c in counts.values()),
+        "counts": {kind: sum(c.values()) for kind, c in counts.items()},
+        "changes": counts,
+        "rss": peak_rss_mb(),
+        "exit": code,
+        "summary": summary,
+    }
+
+
+def _summary_counts(summary: str) -> dict[str, dict[str, int]]:
+    """kind → {added, updated, unchanged, ...} from `print_summary`'s table."""
+    counts: dict[str, dict[str, int]] = {}
+    header: list[str] | None = None
+    for line in summary.splitlines():
+        cells = line.split()
+        if cells[:1] == ["kind"]:
+            header = cells[1:]
+        elif header and len(cells) == len(header) + 1 and all(c.isdigit() for c in cells[1:]):
+            counts[cells[0]] = dict(zip(header, map(int, cells[1:]), strict=True))
+    return counts
+
+
+def measure(spec: dict, workdir: Path) -> dict:
+    """Run ``spec`` in a fresh process; its result."""
+    spec_path = workdir / f"{spec['mode']}.spec.json"
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    log = workdir / f"{spec['mode']}.log"
+    with log.open("w", encoding="utf-8") as stderr:
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", str(spec_path)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{spec['mode']} failed (exit {done.returncode}); see {log}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result.get("exit"):
+        raise SystemExit(f"{spec['mode']}: sync exited {result['exit']}:\n{result['summary']}")
+    return result
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def ratios(rows: dict[str, dict]) -> dict[str, float]:
+    wall = {name: row["wall"] for name, row in rows.items()}
+    return {
+        "full/floor": wall["full"] / wall["floor"],
+        "full/raw": wall["full"] / wall["raw"],
+        "unchanged/full": wall["unchanged"] / wall["full"],
+        "delta/full": wall["delta"] / wall["full"],
+    }
+
+
+def check_targets(args: argparse.Namespace, rows: dict[str, dict]) -> list[dict]:
+    checks = []
+    for target in TARGETS:
+        if not target.applies(args):
+            continue
+        if target.rss:
+            value = rows[target.numerator]["rss"]
+        else:
+            value = rows[target.numerator]["wall"] / rows[target.denominator]["wall"]
+        checks.append({"target": target.name, "value": round(value, 3), "limit": target.limit,
+                       "met": value <= target.limit})  # fmt: skip
+    if args.rss_baseline:
+        baseline = json.loads(Path(args.rss_baseline).read_text(encoding="utf-8"))
+        base = baseline["size"]
+        if base["users"] == 1000 and args.users == 10000:
+            value = rows["full"]["rss"] / baseline["rows"]["full"]["rss"]
+            checks.append({"target": "full peak RSS at 10,000 users/tenant <= 1.2 x at 1,000",
+                           "value": round(value, 3), "limit": RSS_GROWTH_LIMIT,
+                           "met": value <= RSS_GROWTH_LIMIT})  # fmt: skip
+    return checks
+
+
+def print_report(rows: dict[str, dict], ratio: dict[str, float], checks: list[dict]) -> None:
+    print(f"{'run':<10} {'wall s':>8} {'records':>9} {'records/s':>10} {'peak RSS MB':>12}")
+    for name, row in rows.items():
+        rate = row["records"] / row["wall"] if row["wall"] else 0
+        print(
+            f"{name:<10} {row['wall']:>8.2f} {row['records']:>9} {rate:>10.0f} {row['rss']:>12.0f}"
+        )
+    print()
+    for name, value in ratio.items():
+        print(f"{name:<15} {value:6.2f}")
+    if checks:
+        print()
+        for check in checks:
+            verdict = "met" if check["met"] else "MISSED"
+            print(f"{verdict:<7} {check['target']}: {check['value']} (limit {check['limit']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--customers", type=int, default=20)
+    parser.add_argument("--users", type=int, default=2000, help="users per tenant (about)")
+    parser.add_argument("--devices", type=int, default=1000, help="devices per tenant (about)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency-ms", type=int, default=0,
+                        help="answer each Microsoft request this late")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--no-targets", action="store_true", help="measure only; exit 0")
+    parser.add_argument(
+        "--rss-baseline", help="JSON of a 1,000-users run, for the RSS growth target"
+    )
+    parser.add_argument("--profile", type=Path, help="cProfile the full run into this file")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(Path(args.worker).read_text(encoding="utf-8"))
+        print(json.dumps(run_worker(spec)))
+        return
+
+    from halo_microsoft_csp.devices import DEVICE_SELECT
+    from halo_microsoft_csp.directory import CUSTOMERS_PAGE
+    from halo_microsoft_csp.users import USER_SELECT
+
+    select = {"users": USER_SELECT, "devices": DEVICE_SELECT, "customers_page": CUSTOMERS_PAGE}
+    workdir = Path(tempfile.mkdtemp(prefix="halo-bench-"))
+    print(f"emulator: {args.customers} customers x {args.users} users x {args.devices} devices, "
+          f"latency {args.latency_ms} ms; work folder {workdir}", file=sys.stderr)  # fmt: skip
+    emulator, served = start_emulator(args, workdir / "emulator")
+    rows: dict[str, dict] = {}
+    try:
+        full_config = write_config(workdir / "full", served, deltas=False)
+        delta_config = write_config(workdir / "delta", served, deltas=True)
+        plan = [
+            ("raw", {}),
+            ("floor", {"database": str(workdir / "floor.db")}),
+            ("full", {"config": str(full_config),
+                      "profile": str(args.profile.resolve()) if args.profile else None}),
+            ("unchanged", {"config": str(full_config)}),
+        ]  # fmt: skip
+        for mode, extra in plan:
+            print(f"measuring {mode} ...", file=sys.stderr)
+            rows[mode] = measure(
+                {"mode": mode, "served": served, "select": select, **extra}, workdir
+            )
+        print("delta: first run (not measured), then 1% of users changed ...", file=sys.stderr)
+        measure({"mode": "delta-first", "config": str(delta_config)}, workdir)
+        changed = admin_post(served, "/change-users", {"fraction": 0.01})["changed"]
+        rows["delta"] = measure(
+            {"mode": "delta", "config": str(delta_config), "sync_args": ["--only", "users"]},
+            workdir,
+        )
+        rows["delta"]["changed_upstream"] = changed
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=30)
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    ratio = ratios(rows)
+    checks = check_targets(args, rows)
+    print_report(rows, ratio, checks)
+    result = {
+        "size": {"customers": args.customers, "users": args.users, "devices": args.devices,
+                 "seed": args.seed, "latency_ms": args.latency_ms},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "rows": {name: {k: v for k, v in row.items() if k != "summary"} for name, row in rows.items()},
+        "ratios": ratio,
+        "targets": checks,
+    }  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print("\n" + json.dumps(result))
+    if not args.no_targets and not all(check["met"] for check in checks):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
