@@ -477,6 +477,9 @@ def sync(
         fail_config(exc)
     except SyncError as exc:
         raise click.UsageError(str(exc)) from None
+    except StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     finally:
         store.close()
     for result in results:

@@ -143,11 +143,25 @@ class Store:
                 # On SQLite the write lock is taken at BEGIN (IMMEDIATE): a unit that read
                 # first and wrote later would fail if another connection wrote in between.
                 connection = connection.execution_options(halo_write=True)
-                with connection.begin():
+                try:
+                    transaction = connection.begin()
+                except sa.exc.OperationalError as exc:
+                    raise StoreError(self._cannot_write(exc)) from None
+                with transaction:
                     yield connection
         finally:
             for callback in self._after_unit:
                 callback()
+
+    def _cannot_write(self, exc: sa.exc.OperationalError) -> str:
+        reason = str(exc.orig if exc.orig is not None else exc).strip()
+        if "locked" in reason.lower():
+            return (
+                f"the store at {self.describe()} is locked by another writer ({reason}): another "
+                "halo-integrator process (the daemon, or a sync) is writing to it. Let it "
+                "finish, or stop it, then run again"
+            )
+        return f"cannot write to the store at {self.describe()}: {reason}"
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
