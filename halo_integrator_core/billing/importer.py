@@ -42,7 +42,7 @@ from ..logging import redact_text
 from ..models import Checkpoint, Notice, RecordError, Tenant, UsageLine
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
-from ..store.request_log import StoreRequestLog
+from ..store.request_log import RunClients
 from ..sync.engine import (
     Change,
     Counts,
@@ -317,20 +317,11 @@ class BillingRunner:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.modules = dict(modules) if modules is not None else host.active_modules()
-        self._http = http
-        self._dry_http: HttpClient | None = None
+        self._clients = RunClients(store, config.endpoints.verify, http)
 
     def http(self, *, dry_run: bool) -> HttpClient:
         """The client plugins reach their source with; a dry run's leaves no request log."""
-        if dry_run:
-            if self._dry_http is None:
-                self._dry_http = HttpClient(verify=self.config.endpoints.verify)
-            return self._dry_http
-        if self._http is None:
-            self._http = HttpClient(
-                verify=self.config.endpoints.verify, request_log=StoreRequestLog(self.store)
-            )
-        return self._http
+        return self._clients.get(dry_run=dry_run)
 
     def requests(self, module: str, periods: Sequence[str] | None) -> list[PeriodRequest]:
         """What ``periods`` (or the module's scheduled ones) ask for, checked."""

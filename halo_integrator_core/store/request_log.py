@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..http import RequestLogEntry
+from ..http import HttpClient, RequestLogEntry
 from ..logging import redact_text
 from . import Store, schema
 
@@ -232,3 +232,23 @@ def prune_request_log(store: Store, older_than_days: int, *, now: datetime | Non
         removed += deleted
         if deleted < PRUNE_BATCH:
             return removed
+
+
+class RunClients:
+    """The HTTP clients of a runner (sync engine, billing runner): one that writes the
+    outbound request log, and one for dry runs that leaves none. Made on first use."""
+
+    def __init__(self, store: Store, verify: Any, http: HttpClient | None = None) -> None:
+        self.store = store
+        self.verify = verify
+        self._http = http
+        self._dry_http: HttpClient | None = None
+
+    def get(self, *, dry_run: bool) -> HttpClient:
+        if dry_run:
+            if self._dry_http is None:
+                self._dry_http = HttpClient(verify=self.verify)
+            return self._dry_http
+        if self._http is None:
+            self._http = HttpClient(verify=self.verify, request_log=StoreRequestLog(self.store))
+        return self._http

@@ -40,7 +40,7 @@ from ..models import (
 )
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
-from ..store.request_log import StoreRequestLog
+from ..store.request_log import RunClients
 from .assets import AssetRules, find_assets, is_sense
 from .bookmarks import get_bookmark, save_bookmark, tenant_key
 from .mapping import (
@@ -243,20 +243,11 @@ class SyncEngine:
         self.host = host
         self.reporter = reporter or Reporter()
         self.modules = host.active_modules()
-        self._http = http
-        self._dry_http: HttpClient | None = None
+        self._clients = RunClients(store, config.endpoints.verify, http)
 
     def http(self, *, dry_run: bool) -> HttpClient:
         """The client plugins reach Microsoft with; a dry run's leaves no request log."""
-        if dry_run:
-            if self._dry_http is None:
-                self._dry_http = HttpClient(verify=self.config.endpoints.verify)
-            return self._dry_http
-        if self._http is None:
-            self._http = HttpClient(
-                verify=self.config.endpoints.verify, request_log=StoreRequestLog(self.store)
-            )
-        return self._http
+        return self._clients.get(dry_run=dry_run)
 
     def run(
         self,

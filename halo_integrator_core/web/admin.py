@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..export import EXPORTS
 from ..models import TenantAccess
 from ..store import Store, schema
 from .pages import esc, page, table
@@ -98,28 +99,9 @@ def failed_requests(store: Store, limit: int = RECENT_FAILURES) -> list[dict[str
 
 def tenant_rows(store: Store, module: str | None = None) -> list[dict[str, Any]]:
     """Stored tenants (of ``module``, or all) with access, consent and mapping."""
-    t, c = schema.tenants, schema.customers
-    query = (
-        sa.select(
-            t.c.module,
-            t.c.connection,
-            t.c.tenant_id,
-            t.c.name,
-            t.c.default_domain,
-            t.c.access,
-            t.c.access_detail,
-            t.c.customer_id,
-            c.c.name.label("customer"),
-            t.c.do_not_import,
-            t.c.last_synced_at,
-            t.c.last_error,
-            t.c.active,
-        )
-        .select_from(t.outerjoin(c, c.c.id == t.c.customer_id))
-        .order_by(t.c.module, t.c.connection, t.c.name, t.c.tenant_id)
-    )
+    query = EXPORTS["tenants"]()  # the fields `export --what tenants` gives
     if module is not None:
-        query = query.where(t.c.module == module)
+        query = query.where(schema.tenants.c.module == module)
     with store.read() as db:
         rows = [dict(row._mapping) for row in db.execute(query)]
     for row in rows:
