@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import math
 import os
 import re
 import tomllib
@@ -280,6 +281,26 @@ class IntegratorSettings:
     #: A customer with no site mapping imports every user of its tenants to its main site,
     #: as if `csp site-mappings generate` had written one for it (guide 6.1.2, last part).
     create_site_mappings_for_new_tenants: bool = False
+    #: How many tenants a run syncs at once. Each tenant's fetching runs beside the others';
+    #: writes to the store take turns, so this bounds network concurrency, not the store's.
+    parallel_tenants: int = 4
+
+
+@attrs.frozen(kw_only=True)
+class ThrottlingSettings:
+    """``[throttling]``: how the client paces itself under Microsoft Graph's throttling.
+
+    Graph budgets requests per app per tenant over a sliding window and answers the excess
+    with 429 and a Retry-After; the limits differ per service (concepts/throttling-limits.md).
+    A Retry-After always holds back the whole tenant's requests; a budget set here also
+    keeps each tenant's requests within it, so those 429s are not met at all.
+    """
+
+    #: Graph requests per tenant the client allows itself per window; 0: no budget, pace
+    #: by Retry-After only.
+    graph_requests: int = 0
+    #: The window of ``graph_requests``, in seconds.
+    graph_window_seconds: float = 10.0
 
 
 class RelationshipMode(enum.StrEnum):
@@ -698,6 +719,7 @@ class Config:
     logging: LoggingSettings = LoggingSettings()
     integrator: IntegratorSettings = IntegratorSettings()
     endpoints: EndpointSettings = EndpointSettings()
+    throttling: ThrottlingSettings = ThrottlingSettings()
     tenant_mappings: tuple[TenantMapping, ...] = ()
     users: UserSettings = UserSettings()
     site_mappings: tuple[SiteMapping, ...] = ()
@@ -915,10 +937,45 @@ def load_config(path: Path, *, missing_ok: bool = False) -> Config:
         config = structure(data, Config)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source=path) from None
-    problems = [*_mapping_problems(config), *_user_problems(config), *_asset_problems(config)]
+    problems = [
+        *_integrator_problems(config),
+        *_throttling_problems(config),
+        *_mapping_problems(config),
+        *_user_problems(config),
+        *_asset_problems(config),
+    ]
     if problems:
         raise ConfigError(problems, source=path)
     return attrs.evolve(config, source=path.resolve())
+
+
+#: The most tenants a run syncs at once (`IntegratorSettings.parallel_tenants`).
+MAX_PARALLEL_TENANTS = 256
+
+
+def _integrator_problems(config: Config) -> Iterator[str]:
+    parallel = config.integrator.parallel_tenants
+    if not 1 <= parallel <= MAX_PARALLEL_TENANTS:
+        yield (
+            f"integrator.parallel_tenants: {parallel} is out of range: give 1 (one tenant "
+            f"after another) to {MAX_PARALLEL_TENANTS}"
+        )
+
+
+def _throttling_problems(config: Config) -> Iterator[str]:
+    throttling = config.throttling
+    if throttling.graph_requests < 0:
+        yield (
+            f"throttling.graph_requests: {throttling.graph_requests} is negative: give 0 (pace "
+            "by Retry-After only) or the requests Graph allows per tenant per window, for "
+            "example 2000"
+        )
+    window = throttling.graph_window_seconds
+    if not (window > 0 and math.isfinite(window)):
+        yield (
+            f"throttling.graph_window_seconds: {window} is not a length of time: give the "
+            "seconds of the window graph_requests is counted over, for example 20"
+        )
 
 
 def _mapping_problems(config: Config) -> Iterator[str]:
