@@ -38,12 +38,13 @@ def update_rows(
     table: sa.Table,
     rows: Sequence[Mapping[str, Any]],
     *,
-    key: str = "id",
+    key: str | tuple[str, ...] = "id",
 ) -> None:
-    """Update the rows of ``table`` whose ``key`` column equals each row's ``key`` value,
-    setting the row's other values."""
+    """Update the rows of ``table`` whose ``key`` column (or columns) equal each row's
+    values of them, setting the row's other values."""
+    keys = (key,) if isinstance(key, str) else key
     for columns, group in _by_columns(rows):
-        _statement(connection.dialect, table, columns, key).execute(connection, group)
+        _statement(connection.dialect, table, columns, keys).execute(connection, group)
 
 
 def _by_columns(
@@ -60,9 +61,13 @@ class _Compiled:
     """One statement, compiled for one dialect, with how to build each row's parameters."""
 
     def __init__(
-        self, dialect: Dialect, table: sa.Table, columns: tuple[str, ...], key: str | None
+        self,
+        dialect: Dialect,
+        table: sa.Table,
+        columns: tuple[str, ...],
+        keys: tuple[str, ...] | None,
     ) -> None:
-        if key is None:
+        if keys is None:
             statement: sa.Executable = sa.insert(table)
             compiled = statement.compile(dialect=dialect, column_keys=list(columns))
             # Columns the row leaves out but that have a Python-side default: SQLAlchemy
@@ -74,11 +79,13 @@ class _Compiled:
             }
             source = {name: name for name in columns} | {name: name for name in defaults}
         else:
-            settable = [c for c in columns if c != key]
+            missing = [k for k in keys if k not in columns]
+            if missing:
+                raise ValueError(f"{table.name}: an update row lacks its key {missing}")
             statement = (
                 sa.update(table)
-                .where(table.c[key] == sa.bindparam(_BIND + key))
-                .values({c: sa.bindparam(_BIND + c) for c in settable})
+                .where(*(table.c[k] == sa.bindparam(_BIND + k) for k in keys))
+                .values({c: sa.bindparam(_BIND + c) for c in columns if c not in keys})
             )
             compiled = statement.compile(dialect=dialect)
             defaults = {}
@@ -118,16 +125,16 @@ class _Compiled:
         connection.exec_driver_sql(self.sql, parameters)
 
 
-_compiled_cache: dict[tuple[str, str, tuple[str, ...], str | None], _Compiled] = {}
+_compiled_cache: dict[tuple[str, str, tuple[str, ...], tuple[str, ...] | None], _Compiled] = {}
 
 
 def _statement(
-    dialect: Dialect, table: sa.Table, columns: tuple[str, ...], key: str | None
+    dialect: Dialect, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...] | None
 ) -> _Compiled:
-    cache_key = (dialect.name, table.name, columns, key)
+    cache_key = (dialect.name, table.name, columns, keys)
     compiled = _compiled_cache.get(cache_key)
     if compiled is None:
-        compiled = _compiled_cache[cache_key] = _Compiled(dialect, table, columns, key)
+        compiled = _compiled_cache[cache_key] = _Compiled(dialect, table, columns, keys)
     return compiled
 
 

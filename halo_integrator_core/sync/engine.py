@@ -1048,9 +1048,11 @@ class _UserUnit(_EntityUnit):
             if sku in licence_ids
         }
         current = {
-            (row.licence_id, row.user_id): row.active
-            for row in self.connection.execute(
-                sa.select(assignments).where(assignments.c.user_id.in_(list(user_ids.values())))
+            (lid, uid): active
+            for lid, uid, active in self.connection.execute(
+                sa.select(
+                    assignments.c.licence_id, assignments.c.user_id, assignments.c.active
+                ).where(assignments.c.user_id.in_(list(user_ids.values())))
             )
         }
         now = utcnow()
@@ -1065,18 +1067,20 @@ class _UserUnit(_EntityUnit):
             for lid, uid in wanted - current.keys()
         ]
         if new:
-            self.connection.execute(sa.insert(assignments), new)
-        for (lid, uid), active in current.items():
-            if ((lid, uid) in wanted) != active:
-                self.connection.execute(
-                    sa.update(assignments)
-                    .where(assignments.c.licence_id == lid, assignments.c.user_id == uid)
-                    .values(
-                        active=not active,
-                        inactive_since=None if not active else now,
-                        updated_at=now,
-                    )
-                )
+            insert_rows(self.connection, assignments, new)
+        flipped = [
+            {
+                "licence_id": lid,
+                "user_id": uid,
+                "active": not active,
+                "inactive_since": None if not active else now,
+                "updated_at": now,
+            }
+            for (lid, uid), active in current.items()
+            if ((lid, uid) in wanted) != active
+        ]
+        if flipped:
+            update_rows(self.connection, assignments, flipped, key=("licence_id", "user_id"))
 
 
 class _AssetUnit(_EntityUnit):

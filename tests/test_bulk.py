@@ -1,0 +1,182 @@
+"""`store.bulk` writes what SQLAlchemy's own executemany writes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from halo_integrator_core.store import Store, schema
+from halo_integrator_core.store.bulk import insert_rows, update_rows
+
+NOW = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+
+
+def _customer(connection) -> int:
+    return connection.execute(
+        sa.insert(schema.customers).values(
+            name="Contoso", source="test", created_at=NOW, updated_at=NOW
+        )
+    ).inserted_primary_key[0]
+
+
+def _users(customer_id: int, start: int, count: int, now: datetime) -> list[dict]:
+    return [
+        {
+            "customer_id": customer_id,
+            "external_id": f"u-{i}",
+            "user_principal_name": f"user{i}@contoso.com",
+            "display_name": f"User {i}" if i % 3 else None,
+            "active": bool(i % 2),
+            "created_at": now,  # one object for the batch, as the engine passes it
+            "updated_at": now,
+            "attributes": {"companyName": "Contoso", "n": i},
+        }
+        for i in range(start, start + count)
+    ]
+
+
+def _select_users(connection) -> list[tuple]:
+    table = schema.users
+    columns = [c for c in table.c if c.key != "id"]
+    return sorted(
+        tuple(row) for row in connection.execute(sa.select(*columns).order_by(table.c.external_id))
+    )
+
+
+def test_insert_rows_writes_what_sqlalchemy_writes(store: Store):
+    with store.unit() as connection:
+        customer = _customer(connection)
+        # A zone other than UTC: the bind processor turns it to UTC as SQLAlchemy would.
+        local = NOW.astimezone(timezone(timedelta(hours=2)))
+        insert_rows(connection, schema.users, _users(customer, 0, 7, local))
+        mine = _select_users(connection)
+        connection.execute(sa.delete(schema.users))
+        connection.execute(sa.insert(schema.users), _users(customer, 0, 7, local))
+        theirs = _select_users(connection)
+    assert mine == theirs
+    assert len(mine) == 7
+
+
+def test_left_out_columns_get_their_defaults(store: Store):
+    with store.unit() as connection:
+        customer = _customer(connection)
+        rows = [
+            {k: v for k, v in row.items() if k != "active"} for row in _users(customer, 0, 2, NOW)
+        ]
+        insert_rows(connection, schema.users, rows)
+        found = connection.execute(
+            sa.select(schema.users.c.active, schema.users.c.custom_fields)
+        ).all()
+    assert [tuple(row) for row in found] == [(True, {}), (True, {})]
+
+
+def test_rows_with_different_columns_each_get_their_statement(store: Store):
+    with store.unit() as connection:
+        customer = _customer(connection)
+        rows = _users(customer, 0, 4, NOW)
+        rows[1]["email"] = "one@contoso.com"
+        rows[3] = {k: v for k, v in rows[3].items() if k != "display_name"}
+        insert_rows(connection, schema.users, rows)
+        mails = dict(
+            connection.execute(sa.select(schema.users.c.external_id, schema.users.c.email)).all()
+        )
+    assert mails == {"u-0": None, "u-1": "one@contoso.com", "u-2": None, "u-3": None}
+
+
+def test_update_rows_sets_each_rows_values_by_its_key(store: Store):
+    later = NOW + timedelta(hours=1)
+    with store.unit() as connection:
+        customer = _customer(connection)
+        insert_rows(connection, schema.users, _users(customer, 0, 3, NOW))
+        ids = dict(
+            connection.execute(sa.select(schema.users.c.external_id, schema.users.c.id)).all()
+        )
+        update_rows(
+            connection,
+            schema.users,
+            [
+                {"id": ids["u-0"], "display_name": "Zero", "updated_at": later},
+                {"id": ids["u-2"], "display_name": None, "updated_at": later},
+            ],
+        )
+        found = {
+            row.external_id: (row.display_name, row.updated_at)
+            for row in connection.execute(sa.select(schema.users))
+        }
+    assert found == {"u-0": ("Zero", later), "u-1": ("User 1", NOW), "u-2": (None, later)}
+
+
+def test_update_rows_by_a_composite_key(store: Store):
+    with store.unit() as connection:
+        customer = _customer(connection)
+        tenant = connection.execute(
+            sa.insert(schema.tenants).values(
+                module="m",
+                connection="",
+                tenant_id="t",
+                name="T",
+                access="gdap_only",
+                active=True,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        ).inserted_primary_key[0]
+        insert_rows(connection, schema.users, _users(customer, 0, 2, NOW))
+        user_ids = list(connection.execute(sa.select(schema.users.c.id)).scalars())
+        licence = connection.execute(
+            sa.insert(schema.licences).values(
+                tenant_ref=tenant,
+                external_id="sku",
+                customer_id=customer,
+                sku_part_number="E3",
+                active=True,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        ).inserted_primary_key[0]
+        table = schema.licence_assignments
+        insert_rows(
+            connection,
+            table,
+            [
+                {
+                    "licence_id": licence,
+                    "user_id": u,
+                    "active": True,
+                    "created_at": NOW,
+                    "updated_at": NOW,
+                }
+                for u in user_ids
+            ],
+        )
+        update_rows(
+            connection,
+            table,
+            [
+                {
+                    "licence_id": licence,
+                    "user_id": user_ids[1],
+                    "active": False,
+                    "inactive_since": NOW,
+                }
+            ],
+            key=("licence_id", "user_id"),
+        )
+        found = dict(connection.execute(sa.select(table.c.user_id, table.c.active)).all())
+    assert found == {user_ids[0]: True, user_ids[1]: False}
+
+
+def test_an_update_row_without_its_key_is_refused(store: Store):
+    with store.unit() as connection, pytest.raises(ValueError, match="lacks its key"):
+        update_rows(connection, schema.users, [{"display_name": "x"}])
+
+
+def test_a_naive_time_is_refused_as_the_store_refuses_it(store: Store):
+    with store.unit() as connection:
+        customer = _customer(connection)
+        rows = _users(customer, 0, 1, NOW)
+        rows[0]["created_at"] = datetime(2026, 1, 1)
+        with pytest.raises(ValueError, match="naive datetime"):
+            insert_rows(connection, schema.users, rows)
