@@ -20,6 +20,8 @@ between syncs (the same operations as `World`'s methods).
 | ``PUT /_admin/tenants/{t}/subscriptions/{id}/quantity`` | ``{"quantity": n}`` |
 | ``POST /_admin/tenants/{t}/expire-delta`` | make the tenant's delta tokens expire |
 | ``POST /_admin/faults``, ``DELETE /_admin/faults`` | inject a `Fault` (JSON of its fields), or clear all |
+| ``GET /_admin/budget`` | Graph's budget per app per tenant (or null) and, per tenant, the requests admitted, throttled, and wasted (retries sent before the Retry-After already announced) |
+| ``POST /_admin/budget/reset`` | zero those counters (the budget stays) |
 """
 
 from __future__ import annotations
@@ -236,3 +238,12 @@ def register(emulator: Emulator) -> None:
             emu.clear_faults()
             return Response(status=204)
         return json_response([attrs.asdict(f) for f in emu.faults])
+
+    @route("/_admin/budget", endpoint="admin.budget")
+    def budget(emu: Emulator, request: Request) -> Response:
+        return json_response(emu.budget.snapshot())
+
+    @route("/_admin/budget/reset", endpoint="admin.budget_reset", methods=("POST",))
+    def budget_reset(emu: Emulator, request: Request) -> Response:
+        emu.budget.reset()
+        return Response(status=204)

@@ -12,7 +12,7 @@ tenant as Microsoft's do: MSAL reads the tenant from there):
 | ``/partnercenter`` | ``https://api.partnercenter.microsoft.com`` |
 | ``/partnerapi`` | ``https://api.partner.microsoft.com`` |
 | ``/blob`` | the Azure storage account of billing exports |
-| ``/_admin`` | the emulator's own admin API (change the world, inject faults) |
+| ``/_admin`` | the emulator's own admin API (change the world, inject faults, read the budget) |
 
 Endpoint modules (`login`, `graph`, `partner_center`, `billing`, `pricing`, `admin`) each
 register their routes with `Emulator.route`. Each route names the Microsoft documentation
@@ -35,6 +35,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from .budget import TenantBudget
 from .world import World
 
 #: Resource identifiers (as in scopes and tokens) of the APIs the emulator serves.
@@ -235,6 +236,9 @@ class Emulator:
         #: do not): a real cloud's round trip, for benchmarks (`halo-integrator emulator
         #: --latency-ms`). Unlike a ``slow`` fault it never shadows an injected fault.
         self.latency: float = 0.0
+        #: Graph's request budget per app per tenant (`halo-integrator emulator
+        #: --tenant-budget`): unlimited until ``budget.limit`` is set, counted either way.
+        self.budget = TenantBudget()
         self.url_map = Map(strict_slashes=False, merge_slashes=False)
         self.handlers: dict[str, tuple[Handler, str | None]] = {}
         #: Every request served: (method, path, status), for tests.
@@ -356,6 +360,9 @@ class Emulator:
         handler, _ = self.handlers[endpoint]
         if self.latency > 0 and not endpoint.startswith("admin."):
             time.sleep(self.latency)
+        throttled = self._over_budget(request)
+        if throttled is not None:
+            return throttled
         tenant = values.get("tenant") or values.get("customer_id") or self._token_tenant(request)
         fault = self.take_fault(endpoint, tenant)
         if fault is not None:
@@ -428,6 +435,31 @@ class Emulator:
         from .login import fault_token_error
 
         return fault_token_error(kind)
+
+    def _over_budget(self, request: Request) -> Response | None:
+        """Graph's 429 when the request's (app, tenant) has spent its budget, else ``None``.
+
+        Only Graph is budgeted, and only requests whose bearer token the emulator issued
+        for Graph: that token says which app calls and for which tenant. Any other request
+        goes on to be answered (a bad token with Graph's 401).
+        """
+        if not (request.path == "/graph" or request.path.startswith("/graph/")):
+            return None
+        _, _, value = request.headers.get("Authorization", "").partition(" ")
+        token = self.tokens.find(value.strip()) if value else None
+        if token is None or token.resource != GRAPH or token.expires < datetime.now(UTC):
+            return None
+        url = request.full_path.rstrip("?")
+        retry_after = self.budget.admit(token.client_id, token.tenant, request.method, url)
+        if retry_after is None:
+            return None
+        # concepts/throttling.md: 429 with the wait in whole seconds in Retry-After.
+        return graph_error(
+            429,
+            "TooManyRequests",
+            "Please retry again later.",
+            {"Retry-After": str(retry_after)},
+        )
 
     def _token_tenant(self, request: Request) -> str | None:
         _, _, value = request.headers.get("Authorization", "").partition(" ")

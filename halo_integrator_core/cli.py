@@ -842,6 +842,13 @@ def world_options(*, customers: int) -> Any:
     help="Answer every Microsoft API request this many milliseconds late, as a real cloud's "
     "round trip would (for benchmarks).",
 )
+@click.option(
+    "--tenant-budget",
+    metavar="N/SECONDS",
+    help="Limit Graph to N requests per sliding window of SECONDS per app per tenant, as "
+    "Microsoft's throttling does: more are answered 429 with Retry-After (default: no limit; "
+    "GET /_admin/budget shows the counts).",
+)
 def emulator_command(
     host: str,
     port: int,
@@ -852,11 +859,13 @@ def emulator_command(
     devices: int,
     state_dir: Path | None,
     latency_ms: int,
+    tenant_budget: str | None,
 ) -> None:
     """Run the built-in Microsoft emulator on loopback and print the config that points at it."""
 
     try:
         from halo_microsoft_emulator import EmulatorServer, generate
+        from halo_microsoft_emulator.budget import BudgetLimit
         from halo_microsoft_emulator.snippet import config_snippet, is_loopback
     except ImportError as exc:  # pragma: no cover - it ships with this distribution
         raise click.ClickException(f"the emulator is not installed: {exc}") from None
@@ -865,6 +874,10 @@ def emulator_command(
             f"{host!r} is not a loopback address: the emulator serves on loopback only",
             param_hint="--host",
         )
+    try:
+        budget = BudgetLimit.parse(tenant_budget) if tenant_budget is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant-budget") from None
     world = generate(seed=seed, customers=customers, users=users, devices=devices)
     try:
         if login_port is None:
@@ -873,6 +886,7 @@ def emulator_command(
             world, host=host, port=port, login_port=login_port, state_dir=state_dir
         )
         server.app.latency = latency_ms / 1000
+        server.app.budget.limit = budget
         server.start()
     except OSError as exc:
         raise click.ClickException(

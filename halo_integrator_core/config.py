@@ -973,8 +973,8 @@ def _throttling_problems(config: Config) -> Iterator[str]:
     window = throttling.graph_window_seconds
     if not (window > 0 and math.isfinite(window)):
         yield (
-            f"throttling.graph_window_seconds: {window} is not a length of time: give the "
-            "seconds of the window graph_requests is counted over, for example 20"
+            f"throttling.graph_window_seconds: {window} is not a number of seconds above 0: "
+            "give the window graph_requests is counted over, for example 20"
         )
 
 

@@ -4,7 +4,9 @@ It pools connections, sets connect and read timeouts, and retries what is worth 
 429 and 503 after the server's Retry-After (capped), other 5xx and dropped connections with
 exponential backoff and full jitter, all bounded in attempts and in total time. What an
 answer means comes from the error table in `errors`. Every call, retried or not, leaves one
-entry in the outbound request log, with the URL's secrets removed.
+entry in the outbound request log, with the URL's secrets removed. Given a `Pacer`, it asks
+it before each attempt (Graph's budget per tenant, and Retry-After holds on a whole tenant)
+and tells it each outcome.
 
 ``verify`` is passed with each request, never set on the session: these machines set
 ``REQUESTS_CA_BUNDLE``, which requests lets override ``Session.verify``.
@@ -27,6 +29,7 @@ from requests.adapters import HTTPAdapter
 from . import errors
 from .errors import Action, ErrorTable, HttpError
 from .logging import redact_text
+from .pacing import Pacer, Turn
 
 log = structlog.get_logger(__name__)
 
@@ -108,8 +111,12 @@ class HttpClient:
         user_agent: str = "halo-integrator",
         pool_size: int = 32,
         rng: random.Random | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.verify = verify
+        #: Paces requests per tenant under Graph's throttling (see `pacing`); shared by
+        #: every client of a process, since the server's budget is.
+        self.pacer = pacer
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.request_log = request_log
@@ -163,9 +170,13 @@ class HttpClient:
         attempt = 0
         while True:
             attempt += 1
+            # Time held back by the pacer is queueing, not retrying: it is not in ``spent``
+            # (the wait before a retry is, when the retry is decided below).
+            turn = self.pacer.wait_turn(url, sleep=self.sleep) if self.pacer else None
             call_started = time.monotonic()
             try:
-                response = self.session.request(
+                response, held = self._send(
+                    turn,
                     method,
                     url,
                     params=params,
@@ -173,12 +184,8 @@ class HttpClient:
                     json=json,
                     data=data,
                     stream=stream,
-                    timeout=self.timeout,
-                    verify=self.verify,
                     allow_redirects=allow_redirects,
                 )
-                if not stream:
-                    _ = response.content  # read now, so a dropped body is retried here
             except (
                 requests.ConnectionError,
                 requests.Timeout,
@@ -241,7 +248,10 @@ class HttpClient:
                         wait=round(wait, 3),
                         attempt=attempt,
                     )
-                    self.sleep(wait)
+                    if not held:
+                        self.sleep(wait)
+                    # else the pacer holds every request of this tenant, the retry among
+                    # them, until the Retry-After: the next attempt's turn does the waiting.
                     spent += wait
                     continue
             message = errors.error_message(body, response.text)
@@ -259,6 +269,43 @@ class HttpClient:
                 retry_after=retry_after,
                 body=body,
             )
+
+    def _send(
+        self, turn: Turn | None, method: str, url: str, *, stream: bool, **options: Any
+    ) -> tuple[requests.Response, bool]:
+        """One attempt, its body read (unless streamed), its outcome told to the pacer.
+
+        Returns the response and whether the pacer now holds the request's tenant until the
+        answer's Retry-After (capped by the policy, as a wait of our own would be).
+        """
+        try:
+            response = self.session.request(
+                method,
+                url,
+                stream=stream,
+                timeout=self.timeout,
+                verify=self.verify,
+                **options,
+            )
+            if not stream:
+                _ = response.content  # read now, so a dropped body is retried here
+        except BaseException:
+            if turn is not None:
+                self._finish_turn(turn, None)
+            raise
+        return response, turn is not None and self._finish_turn(turn, response)
+
+    def _finish_turn(self, turn: Turn, response: requests.Response | None) -> bool:
+        """Tell the pacer how an attempt went (``None``: no answer came); whether it now
+        holds the request's tenant until a Retry-After."""
+        assert self.pacer is not None  # only a pacer hands out turns
+        if response is None:
+            self.pacer.finish(turn)
+            return False
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is not None:
+            retry_after = min(retry_after, self.retry.retry_after_cap)
+        return self.pacer.finish(turn, status=response.status_code, retry_after=retry_after)
 
     def get(self, url: str, **options: Any) -> requests.Response:
         return self.request("GET", url, **options)

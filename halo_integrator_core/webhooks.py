@@ -27,6 +27,7 @@ from .context import module_context
 from .http import HttpClient
 from .logging import redact_text
 from .models import WebhookEvent, WebhookOutcome
+from .pacing import Pacer
 from .plugins import ActiveModule, PluginHost
 from .store import Store, schema
 from .store.request_log import StoreRequestLog
@@ -196,7 +197,11 @@ def _client(store: Store, config: Config) -> HttpClient:
     with _clients_lock:
         client: HttpClient | None = getattr(store, "_webhook_http", None)
         if client is None or client.verify != config.endpoints.verify:
-            client = HttpClient(verify=config.endpoints.verify, request_log=StoreRequestLog(store))
+            client = HttpClient(
+                verify=config.endpoints.verify,
+                request_log=StoreRequestLog(store),
+                pacer=Pacer.from_config(config),  # refreshes sync through it
+            )
             store._webhook_http = client  # type: ignore[attr-defined]
         return client
 

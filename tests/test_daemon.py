@@ -44,6 +44,9 @@ request_log_retention_days = 0
 enabled = true
 """
 
+#: Tenants one after another: "the tenant in hand" is then one tenant.
+SEQUENTIAL = CONFIG.replace("[integrator]", "[integrator]\nparallel_tenants = 1")
+
 CLI = Path(sys.executable).parent / "halo-integrator"
 
 
@@ -292,7 +295,7 @@ def test_import_kinds_selecting_nothing_a_module_imports_leave_it_unscheduled(
 
 def test_the_stop_event_ends_a_run_between_tenants(make_scheduler, store):
     gated = gated_at("fetch_licences")
-    scheduler = make_scheduler(CONFIG, (gated, "fake"))
+    scheduler = make_scheduler(SEQUENTIAL, (gated, "fake"))
     scheduler.start()
     assert gated.entered.wait(10)  # the first tenant is being synced
     scheduler.stop.set()
@@ -373,7 +376,7 @@ def test_a_health_snapshot_of_nothing_scheduled_is_still_complete():
 
 def test_a_stop_waits_for_the_running_tenant_then_exits_0(store, write_config, host_factory):
     gated = gated_at("fetch_licences")
-    config = load_config(write_config(CONFIG))
+    config = load_config(write_config(SEQUENTIAL))
     daemon = Daemon(config, store, host_factory(config, (gated, "fake")), grace=10)
     daemon.scheduler.start()  # the server is the web tests' part
     assert gated.entered.wait(10)

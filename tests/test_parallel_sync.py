@@ -221,3 +221,37 @@ def test_an_unpicklable_item_is_still_reported_by_its_type(
     reasons = [p.reason for p in result.problems if p.outcome == "failed"]
     assert any("the plugin yielded lock" in r for r in reasons), reasons
     assert result.counts["users"].added == 4
+
+
+@attrs.define(eq=False)
+class HeldDirectory(FakeDirectory):
+    """Every licences listing waits at ``gate``; ``entered`` counts those waiting."""
+
+    gate: threading.Event = attrs.field(factory=threading.Event)
+    entered: threading.Semaphore = attrs.field(factory=lambda: threading.Semaphore(0))
+
+    @hookimpl
+    def fetch_licences(self, context: Any, tenant: Tenant, bookmark: str | None) -> Iterator[Any]:
+        self.entered.release()
+        assert self.gate.wait(20)
+        yield from super().fetch_licences(context, tenant, bookmark)
+
+
+def test_a_stop_mid_run_finishes_the_tenants_in_hand_and_starts_no_other(
+    store, write_config, host_factory
+):
+    world = wide_world(tenants=3, users=2, devices=0, cls=HeldDirectory)
+    engine = engine_for(store, write_config, host_factory, world, 2)
+    engine.run(only=["tenants"])
+    outcome: list[Any] = []
+    runner = threading.Thread(target=lambda: outcome.extend(engine.run()))
+    runner.start()
+    for _ in range(2):  # both workers are in a tenant
+        assert world.entered.acquire(timeout=10)
+    engine.stop.set()
+    world.gate.set()
+    runner.join(20)
+    [result] = outcome
+    assert result.outcome == "succeeded"
+    assert result.note == "stopped on request: 1 tenant(s) left for the next run"
+    assert result.counts["users"].added == 4  # the two tenants in hand were finished

@@ -317,7 +317,7 @@ class BillingRunner:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.modules = dict(modules) if modules is not None else host.active_modules()
-        self._clients = RunClients(store, config.endpoints.verify, http)
+        self._clients = RunClients.for_config(store, config, http)
 
     def http(self, *, dry_run: bool) -> HttpClient:
         """The client plugins reach their source with; a dry run's leaves no request log."""

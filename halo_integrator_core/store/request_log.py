@@ -10,13 +10,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ..http import HttpClient, RequestLogEntry
 from ..logging import redact_text
+from ..pacing import Pacer
 from . import Store, schema
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def record_inbound(
@@ -236,19 +240,38 @@ def prune_request_log(store: Store, older_than_days: int, *, now: datetime | Non
 
 class RunClients:
     """The HTTP clients of a runner (sync engine, billing runner): one that writes the
-    outbound request log, and one for dry runs that leaves none. Made on first use."""
+    outbound request log, and one for dry runs that leaves none. Made on first use.
 
-    def __init__(self, store: Store, verify: Any, http: HttpClient | None = None) -> None:
+    Both share ``pacer``: they reach the same Microsoft budget, so they keep one account of
+    it. A client given as ``http`` keeps its own pacing (or none).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        verify: Any,
+        http: HttpClient | None = None,
+        *,
+        pacer: Pacer | None = None,
+    ) -> None:
         self.store = store
         self.verify = verify
+        self.pacer = pacer
         self._http = http
         self._dry_http: HttpClient | None = None
+
+    @classmethod
+    def for_config(cls, store: Store, config: Config, http: HttpClient | None = None) -> RunClients:
+        """The clients of a runner under ``config``: its CA bundle, its Graph pacing."""
+        return cls(store, config.endpoints.verify, http, pacer=Pacer.from_config(config))
 
     def get(self, *, dry_run: bool) -> HttpClient:
         if dry_run:
             if self._dry_http is None:
-                self._dry_http = HttpClient(verify=self.verify)
+                self._dry_http = HttpClient(verify=self.verify, pacer=self.pacer)
             return self._dry_http
         if self._http is None:
-            self._http = HttpClient(verify=self.verify, request_log=StoreRequestLog(self.store))
+            self._http = HttpClient(
+                verify=self.verify, request_log=StoreRequestLog(self.store), pacer=self.pacer
+            )
         return self._http

@@ -254,7 +254,7 @@ class SyncEngine:
         self.host = host
         self.reporter = reporter or Reporter()
         self.modules = host.active_modules()
-        self._clients = RunClients(store, config.endpoints.verify, http)
+        self._clients = RunClients.for_config(store, config, http)
 
     def http(self, *, dry_run: bool) -> HttpClient:
         """The client plugins reach Microsoft with; a dry run's leaves no request log."""

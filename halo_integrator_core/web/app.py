@@ -33,6 +33,7 @@ from ..context import module_context
 from ..http import HttpClient
 from ..logging import redact_text
 from ..models import WebhookEvent, WebRoute
+from ..pacing import Pacer
 from ..plugins import PluginHost
 from ..store import Store
 from ..store.request_log import StoreRequestLog, record_inbound
@@ -102,7 +103,9 @@ class WebApp:
         self.health = health
         self._own_http = http is None
         self.http = http or HttpClient(
-            verify=config.endpoints.verify, request_log=StoreRequestLog(store)
+            verify=config.endpoints.verify,
+            request_log=StoreRequestLog(store),
+            pacer=Pacer.from_config(config),  # webhook refreshes sync through it
         )
         # Per process: a restart invalidates the forms of pages open in a browser.
         self._csrf_key = secrets.token_bytes(32)
