@@ -982,7 +982,10 @@ def register_plugin_commands(group: click.Group, args: Sequence[str]) -> None:
     logging is configured only once the command line is parsed; the commands that load
     plugins (`plugins`, `config check`, `sync`) report a plugin that fails to load.
     """
-    path = find_config(_config_option(group, args))
+    given, command = _global_options(group, args)
+    if command in group.commands:
+        return  # a core command: loading every plugin twice would only slow it down
+    path = find_config(given)
     try:
         config: Config | None = load_config(path, missing_ok=True)
     except ConfigError:
@@ -1004,14 +1007,21 @@ def register_plugin_commands(group: click.Group, args: Sequence[str]) -> None:
             )
 
 
-def _config_option(group: click.Group, args: Sequence[str]) -> Path | None:
-    """The value of the group's ``--config`` in ``args`` (``--config X`` or ``--config=X``)."""
+def _global_options(group: click.Group, args: Sequence[str]) -> tuple[Path | None, str | None]:
+    """The value of the group's ``--config`` in ``args`` (``--config X`` or ``--config=X``),
+    and the name of the command ``args`` invoke, if any."""
     try:
         ctx = group.make_context("halo-integrator", list(args), resilient_parsing=True)
     except (click.exceptions.Exit, click.ClickException):
-        return None
+        return None, None
     value = ctx.params.get("config_path")
-    return Path(value) if value else None
+    # What follows the group's options; click keeps the command's name apart from its
+    # arguments (``protected_args``, renamed in click 8.2).
+    named = getattr(ctx, "_protected_args", None)
+    if named is None:  # click before 8.2
+        named = ctx.protected_args
+    rest = [*named, *ctx.args]
+    return (Path(value) if value else None), (rest[0] if rest else None)
 
 
 @contextlib.contextmanager
