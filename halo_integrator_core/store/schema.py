@@ -163,6 +163,9 @@ users = Table(
     #: The site mapping that placed the user (its description, or its place in the file).
     Column("site_mapping", String(255)),
     Column("custom_fields", JSON, nullable=False, default=dict),
+    #: What the row was last written from (`sync.digest`): a record with this digest
+    #: changes nothing, so the sync leaves the row without running the rules.
+    Column("source_digest", String(64)),
 )
 Index("ix_users_upn", users.c.tenant_ref, users.c.user_principal_name)
 Index("ix_users_customer_id", users.c.customer_id)
@@ -204,6 +207,8 @@ assets = Table(
     Column("azure_ad_device_id", String(64)),
     Column("management_agent", String(100)),
     Column("custom_fields", JSON, nullable=False, default=dict),
+    #: What the row was last written from (`sync.digest`), as for users.
+    Column("source_digest", String(64)),
 )
 Index("ix_assets_serial", assets.c.serial_number)
 Index("ix_assets_match", assets.c.customer_id, assets.c.match_key)

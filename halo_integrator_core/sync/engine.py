@@ -46,6 +46,7 @@ from ..store.bulk import insert_rows, update_rows
 from ..store.request_log import RunClients
 from .assets import AssetRules, find_assets, is_sense
 from .bookmarks import get_bookmark, save_bookmark, tenant_key
+from .digest import Digester
 from .mapping import (
     ENTITY_RULES,
     EntityRule,
@@ -811,21 +812,53 @@ class _EntityUnit:
         return values | {"id": row.id, "updated_at": now, "seen_run_id": self.run_state.run_id}
 
     def write(
-        self, inserts: list[dict[str, Any]], updates: list[dict[str, Any]], unchanged: list[int]
+        self,
+        inserts: list[dict[str, Any]],
+        updates: list[dict[str, Any]],
+        unchanged: list[int],
+        redigested: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """A batch's writes: new rows, changed rows (one statement per column set), and the
-        unchanged rows marked seen."""
+        """A batch's writes: new rows, changed rows (one statement per column set), the
+        unchanged rows marked seen, and (``redigested``) unchanged rows whose record's digest
+        is new (a field the rules do not write changed, or the rules' digest did)."""
         table = self.table
         if inserts:
             insert_rows(self.connection, table, inserts)
         if updates:
             update_rows(self.connection, table, updates)
+        if redigested:
+            update_rows(self.connection, table, redigested)
         if unchanged:
             self.connection.execute(
                 sa.update(table)
                 .where(table.c.id.in_(unchanged))
                 .values(seen_run_id=self.run_state.run_id)
             )
+
+    def unchanged_by_digest(self, digests: dict[str, str]) -> dict[str, int]:
+        """Of the entities ``digests`` names (entity ID → digest of its record), those whose
+        row was written from a record of that very digest: entity ID → row ID."""
+        table = self.table
+        rows = self.connection.execute(
+            sa.select(table.c.external_id, table.c.id, table.c.source_digest).where(
+                table.c.tenant_ref == self.target.tenant_ref,
+                table.c.external_id.in_(list(digests)),
+            )
+        )
+        return {
+            entity_id: row_id
+            for entity_id, row_id, digest in rows
+            if digest is not None and digest == digests[entity_id]
+        }
+
+    def skip_unchanged(self, records: dict[str, Any], digests: dict[str, str]) -> list[int]:
+        """Take the records whose rows were written from the same digest out of
+        ``records``, counted unchanged; their row IDs (to be marked seen)."""
+        same = self.unchanged_by_digest(digests)
+        for entity_id in same:
+            del records[entity_id]
+        self.counts.unchanged += len(same)
+        return list(same.values())
 
     def mark_seen(self, entity_ids: list[str]) -> None:
         if entity_ids:
@@ -859,11 +892,14 @@ class _EntityUnit:
         for row in rows:
             self.run_state._change(self.kind, self.tenant_id, row.external_id, "deactivated")
         self.counts.deactivated += len(rows)
+        # A row that left is no longer what its digest says: should the record come back
+        # unchanged, the row is written again (reactivated) rather than skipped.
+        forget = {"source_digest": None} if "source_digest" in table.c else {}
         for chunk in _batched(ids):
             self.connection.execute(
                 sa.update(table)
                 .where(table.c.id.in_(chunk))
-                .values(active=False, inactive_since=now, updated_at=now)
+                .values(active=False, inactive_since=now, updated_at=now, **forget)
             )
             self.deactivated(chunk, now)
 
@@ -883,6 +919,30 @@ class _UserUnit(_EntityUnit):
         self.deactivates = config.integrator.deactivate_users_not_found
         #: The tenant's licences by SKU ID: (row ID, SKU part number), read once per unit.
         self._licences: dict[str, tuple[int, str]] | None = None
+        self._digester: Digester | None = None
+
+    def digester(self) -> Digester | None:
+        """The digests of this unit's records, under everything the user rules read: the
+        settings, the tenant and its customer, the customer's sites, the tenant's licences.
+        None in a per-site run, which writes only part of what the rules would."""
+        if self.site_id is not None:
+            return None
+        if self._digester is None:
+            config, sites = self.run_state.config, schema.sites
+            site_state = self.connection.execute(
+                sa.select(sa.func.count(), sa.func.max(sites.c.updated_at)).where(
+                    sites.c.customer_id == self.target.customer_id
+                )
+            ).one()
+            self._digester = Digester(
+                config.users,
+                config.site_mappings,
+                config.integrator,
+                self.target,
+                tuple(site_state),
+                sorted(self.licences().items()),
+            )
+        return self._digester
 
     def hook_arguments(self) -> dict[str, Any]:
         run, target = self.run_state, self.target
@@ -933,6 +993,12 @@ class _UserUnit(_EntityUnit):
             return
         run, now = self.run_state, utcnow()
         users: dict[str, DirectoryUser] = {record.object_id: record for record in records}
+        digester = self.digester()
+        digests = {oid: digester.of(user) for oid, user in users.items()} if digester else {}
+        unchanged = self.skip_unchanged(users, digests) if digests else []
+        if not users:
+            self.write([], [], unchanged)
+            return
         matches = find_matches(
             self.connection,
             self.target,
@@ -941,7 +1007,7 @@ class _UserUnit(_EntityUnit):
             run_id=run.run_id,
         )
         sku_names = {sku: name for sku, (_, name) in self.licences().items()}
-        inserts, updates, unchanged, placed = [], [], [], {}
+        inserts, updates, redigested, placed = [], [], [], {}
         for object_id, user in users.items():
             match = matches.get(object_id)
             row = match.row if match else None
@@ -986,10 +1052,15 @@ class _UserUnit(_EntityUnit):
                 "external_id": object_id,
                 "active": self.rules.active(user),
             }
+            # A per-site run has no digests: a row it writes loses its digest (it was
+            # written from another record than the one the digest named).
+            digest = {"source_digest": digests.get(object_id)}
             placed[object_id] = user
             if row is None:
                 inserts.append(
-                    values | {"created_at": now, "updated_at": now, "seen_run_id": run.run_id}
+                    values
+                    | digest
+                    | {"created_at": now, "updated_at": now, "seen_run_id": run.run_id}
                 )
                 self.counts.added += 1
                 run._change(self.kind, self.tenant_id, object_id, "added")
@@ -997,13 +1068,17 @@ class _UserUnit(_EntityUnit):
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed:
                 since = None if values["active"] else row.inactive_since or now
-                updates.append(self.update_of(row, values | {"inactive_since": since}, now))
+                updates.append(
+                    self.update_of(row, values | digest | {"inactive_since": since}, now)
+                )
                 self.counts.updated += 1
                 run._change(self.kind, self.tenant_id, object_id, "updated", changed)
             else:
                 unchanged.append(row.id)
                 self.counts.unchanged += 1
-        self.write(inserts, updates, unchanged)
+                if digests and row.source_digest != digest["source_digest"]:
+                    redigested.append({"id": row.id, **digest})
+        self.write(inserts, updates, unchanged, redigested)
         self.assign_licences(placed)
 
     def deactivated(self, ids: list[int], now: datetime) -> None:
@@ -1092,6 +1167,7 @@ class _AssetUnit(_EntityUnit):
         self.rules = self.run_state.asset_rules
         self.new_status, self.deleted_status = self.rules.statuses
         self.excluded = {"sense": 0, "type": 0}
+        self._digester: Digester | None = None
 
     def hook_arguments(self) -> dict[str, Any]:
         return {"bookmark": None, "query": self.rules.query()}
@@ -1113,12 +1189,38 @@ class _AssetUnit(_EntityUnit):
                 )
                 self.run_state.problem(Problem(self.kind, self.tenant_id, None, "skipped", reason))
 
+    def digester(self) -> Digester | None:
+        """The digests of this unit's records, under everything the asset rules read: the
+        settings, the tenant and its customer, the default site, and the customer's users
+        (a device's site is its owner's). None in a per-site run."""
+        if self.site_id is not None:
+            return None
+        if self._digester is None:
+            config, users = self.run_state.config, schema.users
+            user_state = self.connection.execute(
+                sa.select(sa.func.count(), sa.func.max(users.c.updated_at)).where(
+                    users.c.customer_id == self.target.customer_id
+                )
+            ).one()
+            self._digester = Digester(
+                config.assets,
+                config.integrator,
+                self.target,
+                self.rules.default_site(self.connection, self.target),
+                tuple(user_state),
+            )
+        return self._digester
+
     def upsert(self, records: list[Any]) -> None:
         if not records:
             return
         run, rules, now = self.run_state, self.rules, utcnow()
+        digester = self.digester()
+        by_id = {device.device_id: device for device in records}
+        digests = {did: digester.of(device) for did, device in by_id.items()} if digester else {}
+        unchanged = self.skip_unchanged(by_id, digests) if digests else []
         devices, types, left_out = {}, {}, []
-        for device in records:
+        for device in by_id.values():
             type_name = None if rules.settings.exclude_sense and is_sense(device) else ""
             if type_name is None:
                 self.excluded["sense"] += 1
@@ -1134,6 +1236,9 @@ class _AssetUnit(_EntityUnit):
             types[device.device_id] = type_name
         # A device left out stays as it was: it is still in Intune, not a leaver.
         self.mark_seen(left_out)
+        if not devices:
+            self.write([], [], unchanged)
+            return
         keys = {device_id: rules.match_key(device) for device_id, device in devices.items()}
         matched, duplicates = find_assets(
             self.connection, self.target, devices, keys, run_id=run.run_id
@@ -1141,7 +1246,7 @@ class _AssetUnit(_EntityUnit):
         for device_id, reason in duplicates.items():
             run.problem(Problem(self.kind, self.tenant_id, device_id, "warning", reason))
         owners = rules.owners(self.connection, self.target, list(devices.values()))
-        inserts, updates, unchanged = [], [], []
+        inserts, updates, redigested = [], [], []
         for device_id, device in devices.items():
             row = matched.get(device_id)
             owner = owners.get(device_id)
@@ -1162,9 +1267,11 @@ class _AssetUnit(_EntityUnit):
                 values["asset_type_id"] = rules.type_id(self.connection, types[device_id])
             if row is None or not row.active:
                 values["status"] = self.new_status  # new, or back in Intune
+            digest = {"source_digest": digests.get(device_id)}
             if row is None:
                 inserts.append(
                     values
+                    | digest
                     | {
                         "source": "intune",
                         "created_at": now,
@@ -1177,13 +1284,15 @@ class _AssetUnit(_EntityUnit):
                 continue
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed:
-                updates.append(self.update_of(row, values | {"inactive_since": None}, now))
+                updates.append(self.update_of(row, values | digest | {"inactive_since": None}, now))
                 self.counts.updated += 1
                 run._change(self.kind, self.tenant_id, device_id, "updated", changed)
             else:
                 unchanged.append(row.id)
                 self.counts.unchanged += 1
-        self.write(inserts, updates, unchanged)
+                if digests and row.source_digest != digest["source_digest"]:
+                    redigested.append({"id": row.id, **digest})
+        self.write(inserts, updates, unchanged, redigested)
 
     def deactivated(self, ids: list[int], now: datetime) -> None:
         self.connection.execute(

@@ -1,0 +1,198 @@
+"""Rows written from a record of the same digest are left alone, and everything the rules
+read besides the record still reaches the rows: on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fakes import MODULE, SKU_BP, SKU_E3, TENANT_A, FakeDirectory, user
+
+from halo_integrator_core import Licence
+from halo_integrator_core.config import load_config
+from halo_integrator_core.export import export_rows
+from halo_integrator_core.store import Store
+from halo_integrator_core.sync.assets import AssetRules
+from halo_integrator_core.sync.digest import Digester
+from halo_integrator_core.sync.engine import SyncEngine
+from halo_integrator_core.sync.users import UserRules
+
+CONFIG = f"""
+[integrator]
+create_customers_from_tenants = true
+create_site_mappings_for_new_tenants = true
+
+[modules.{MODULE}]
+enabled = true
+"""
+
+SITE_MAPPING = """
+[[site_mappings]]
+customer = "Contoso"
+site = "Head Office"
+create_site = true
+filters = [{ field = "department", operator = "equals", value = "Finance" }]
+sequence = 10
+
+[[site_mappings]]
+customer = "Contoso"
+site = "Main"
+sequence = 20
+"""
+
+
+@pytest.fixture
+def world() -> FakeDirectory:
+    return FakeDirectory.small()
+
+
+@pytest.fixture
+def make_engine(store: Store, write_config, host_factory, world: FakeDirectory):
+    def build(text: str = CONFIG) -> SyncEngine:
+        config = load_config(write_config(text))
+        return SyncEngine(store, config, host_factory(config, (world, "fake")))
+
+    return build
+
+
+@pytest.fixture
+def rule_calls(monkeypatch) -> dict[str, int]:
+    """How often the user and asset rules turned a record into columns."""
+    calls = {"users": 0, "assets": 0}
+    user_columns, asset_columns = UserRules.columns, AssetRules.columns
+
+    def counted_user(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["users"] += 1
+        return user_columns(self, *args, **kwargs)
+
+    def counted_asset(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["assets"] += 1
+        return asset_columns(self, *args, **kwargs)
+
+    monkeypatch.setattr(UserRules, "columns", counted_user)
+    monkeypatch.setattr(AssetRules, "columns", counted_asset)
+    return calls
+
+
+def by_id(store: Store, what: str) -> dict[str, dict[str, Any]]:
+    with store.read() as connection:
+        return {row["external_id"]: row for row in export_rows(connection, what)}
+
+
+def test_an_unchanged_directory_runs_no_rules_and_rewrites_nothing(store, make_engine, rule_calls):
+    engine = make_engine()
+    engine.run()
+    assert rule_calls == {"users": 4, "assets": 1}
+    before = by_id(store, "users")
+    [again] = engine.run()
+    assert rule_calls == {"users": 4, "assets": 1}  # not called again
+    assert again.counts["users"].unchanged == 4 and again.counts["assets"].unchanged == 1
+    after = by_id(store, "users")
+    assert {k: r["updated_at"] for k, r in after.items()} == {
+        k: r["updated_at"] for k, r in before.items()
+    }
+
+
+def test_a_changed_record_is_written_and_the_others_are_not(store, make_engine, world, rule_calls):
+    engine = make_engine()
+    engine.run()
+    world.users[TENANT_A]["u-1"] = user(
+        "u-1",
+        "adele@contoso.com",
+        display_name="Adele Vance",
+        mail="adele@contoso.com",
+        account_enabled=True,
+        assigned_sku_ids=(SKU_E3,),
+        job_title="CFO",
+    )
+    [again] = engine.run()
+    assert rule_calls["users"] == 5  # only u-1's record went through the rules
+    assert again.counts["users"].updated == 1 and again.counts["users"].unchanged == 3
+    assert by_id(store, "users")["u-1"]["job_title"] == "CFO"
+
+
+def test_a_changed_configuration_runs_the_rules_again(store, make_engine, rule_calls):
+    make_engine().run()
+    [again] = make_engine(CONFIG + "\n[users]\nfields = { job_title = 'department' }\n").run()
+    assert rule_calls["users"] == 8
+    assert again.counts["users"].unchanged == 4  # same columns: counted unchanged
+
+
+def test_a_leaver_that_comes_back_unchanged_is_reactivated(store, make_engine, world):
+    engine = make_engine()
+    engine.run()
+    gone = world.users[TENANT_A].pop("u-2")
+    engine.run()
+    assert by_id(store, "users")["u-2"]["active"] is False
+    world.users[TENANT_A]["u-2"] = gone  # the very same record
+    [back] = engine.run()
+    assert back.counts["users"].updated == 1
+    assert by_id(store, "users")["u-2"]["active"] is True
+
+
+def test_a_device_follows_its_owner_to_another_site(store, make_engine, world):
+    engine = make_engine(CONFIG + SITE_MAPPING)
+    engine.run()
+    assert by_id(store, "assets")["d-1"]["site"] == "Main"
+    # Adele moves to Finance; her laptop's record is unchanged, its owner's site is not.
+    world.users[TENANT_A]["u-1"] = user(
+        "u-1",
+        "adele@contoso.com",
+        display_name="Adele Vance",
+        mail="adele@contoso.com",
+        account_enabled=True,
+        assigned_sku_ids=(SKU_E3,),
+        department="Finance",
+    )
+    [again] = engine.run()
+    assert by_id(store, "users")["u-1"]["site"] == "Head Office"
+    assert again.counts["assets"].updated == 1
+    assert by_id(store, "assets")["d-1"]["site"] == "Head Office"
+
+
+def test_a_new_licence_reaches_unchanged_users(store, make_engine, world):
+    engine = make_engine()
+    world.users[TENANT_A]["u-3"] = user(
+        "u-3", "room@contoso.com", display_name="Room 1", assigned_sku_ids=(SKU_BP,)
+    )
+    engine.run()  # the tenant has no SPB licence yet: no assignment for u-3
+    assert (TENANT_A, SKU_BP) not in {(r["tenant_id"], r["external_id"]) for r in _licences(store)}
+    world.licences[TENANT_A][SKU_BP] = Licence(
+        sku_id=SKU_BP, sku_part_number="SPB", name="Microsoft 365 Business Premium"
+    )
+    engine.run()
+    licences = {(r["tenant_id"], r["external_id"]): r for r in _licences(store)}
+    assert licences[(TENANT_A, SKU_BP)]["assigned_users"] == 1
+
+
+def _licences(store: Store) -> list[dict[str, Any]]:
+    with store.read() as connection:
+        return list(export_rows(connection, "licences"))
+
+
+def test_a_per_site_run_neither_uses_nor_writes_digests(store, make_engine, rule_calls):
+    engine = make_engine()
+    engine.run()
+    engine.run(site="Contoso/Main", only=["users"])
+    assert rule_calls["users"] == 4 + 3  # every Contoso user through the rules again
+    [again] = engine.run()
+    assert again.counts["users"].unchanged == 4
+    assert rule_calls["users"] == 7  # the per-site run left the digests as they were
+
+
+def test_a_digest_names_the_record_and_its_rules():
+    a = user("u-1", "adele@contoso.com", display_name="Adele")
+    b = user("u-1", "adele@contoso.com", display_name="Adele V.")
+    rules = Digester("rules one")
+    assert rules.of(a) == rules.of(user("u-1", "adele@contoso.com", display_name="Adele"))
+    assert rules.of(a) != rules.of(b)
+    assert rules.of(a) != Digester("rules two").of(a)
+    assert rules.of(a, "owner 1") != rules.of(a, "owner 2")
+    assert len(rules.of(a)) == 32
+
+
+def test_rules_version_is_part_of_every_digest(monkeypatch):
+    a = user("u-1", "adele@contoso.com")
+    before = Digester("rules").of(a)
+    monkeypatch.setattr("halo_integrator_core.sync.digest.RULES_VERSION", "2")
+    assert Digester("rules").of(a) != before
