@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -316,6 +317,30 @@ def test_odata_pages_follow_next_links_over_empty_pages_to_the_delta_link(server
     assert pages[-1].delta_link == f"{base}/users/delta?$deltatoken=z"
     assert server.received[0][1] == "/users/delta?%24select=id"
     assert server.received[1][1] == "/p2?$skiptoken=a"  # the link as given, no params added
+
+
+def test_odata_pages_ask_for_the_next_page_while_the_caller_works_on_this_one(server, client):
+    base = server.url
+    server.add("/p1", 200, {"value": [{"id": "1"}], "@odata.nextLink": f"{base}/p2"})
+    server.add("/p2", 200, {"value": [{"id": "2"}], "@odata.deltaLink": f"{base}/d"})
+    pages = odata_pages(client, f"{base}/p1")
+    first = next(pages)
+    assert first.items == [{"id": "1"}]
+    deadline = time.monotonic() + 5
+    while len(server.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the caller still busy with page 1
+    assert [path for _, path, _ in server.received[:2]] == ["/p1", "/p2"]
+    assert [p.items for p in pages] == [[{"id": "2"}]]
+    assert len(server.received) == 2  # no page asked for twice
+
+
+def test_odata_pages_raise_a_page_read_ahead_s_error_when_it_is_asked_for(server, client):
+    server.add("/p1", 200, {"value": [{"id": "1"}], "@odata.nextLink": f"{server.url}/p2"})
+    server.add("/p2", 403, {"error": {"code": "Forbidden", "message": "no"}})
+    pages = odata_pages(client, f"{server.url}/p1")
+    assert next(pages).items == [{"id": "1"}]
+    with pytest.raises(errors.HttpError):
+        next(pages)
 
 
 def test_odata_pages_stop_on_a_repeated_link(server, client):
