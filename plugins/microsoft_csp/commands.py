@@ -52,7 +52,7 @@ from halo_integrator_core.store.updates import (
 )
 
 from . import management
-from .auth import AppTokens
+from .auth import AppTokenCache, AppTokens, HttpCache, app_cache_file, http_cache_file
 from .callbacks import (
     DEFAULT_AUTH_REDIRECT_URI,
     CallbackApp,
@@ -600,13 +600,21 @@ def _check_app_token(config: Config, connection: Connection, tenant_id: str, sto
             module=MODULE, connection=connection.name, tenant=tenant_id
         ),
     ):
+        login = config.endpoints.url("login")
         tokens = AppTokens(
             client_id=str(app.client_id),
             secret=app.client_secret.resolve,
-            authority=config.endpoints.url("login"),
+            authority=login,
             http=http,
             app_name=f"{app.client_id} (GDAP app of connection {connection.name!r})",
+            # The caches the sync uses: the token got here spares the next sync a request.
+            token_cache=AppTokenCache(
+                app_cache_file(config.directory, connection.name, "gdap"), login=login
+            ),
+            http_cache=HttpCache(http_cache_file(config.directory, connection.name)),
         )
+        # A token kept from before the consent may lack what was just consented to: ask anew.
+        tokens.forget(tenant_id)
         try:
             tokens.token(tenant_id, graph)
         except (MicrosoftAuthError, HttpError, ValueProblem) as exc:
@@ -1173,7 +1181,9 @@ def _session(config: Config, settings: MicrosoftCspSettings, http: HttpClient) -
         http=http,
         state_dir=config.directory,
     )
-    return CspSession(context)
+    # A command is run by a person, often just after changing an app's permissions or
+    # consent: its app tokens are fresh ones, not those the sync keeps between runs.
+    return CspSession(context, keep_app_tokens=False)
 
 
 def _synced_store(config: Config) -> Store:

@@ -32,7 +32,16 @@ from halo_integrator_core.http import HttpClient
 from halo_integrator_core.paging import odata_pages, partner_center_pages
 from halo_integrator_core.translation import translate
 
-from .auth import GRAPH_RESOURCE, PARTNER_CENTER_RESOURCE, AppTokens
+from .auth import (
+    GRAPH_RESOURCE,
+    PARTNER_CENTER_RESOURCE,
+    AppTokenCache,
+    AppTokens,
+    HttpCache,
+    app_cache_file,
+    forget_refused,
+    http_cache_file,
+)
 from .consent import DEFAULT_CONSENT_REDIRECT_URI, consent_url
 from .delegated import DelegatedTokens
 from .errors import ApplicationNotFound, ConsentMissing, MicrosoftAuthError, call_error
@@ -68,9 +77,19 @@ class ConnectionClients:
     Partner Center is called as the authorized user (App+User, guide 2.3) once the
     connection is authorized (`csp authorize`), and with the app's own token until then,
     which Partner Center accepts for customers and subscriptions.
+
+    With ``keep_app_tokens`` (and a state folder), the apps' tokens and tenant discovery are
+    kept between runs (`auth`); without, they last as long as this object.
     """
 
-    def __init__(self, connection: Connection, context: ModuleContext, http: HttpClient) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        context: ModuleContext,
+        http: HttpClient,
+        *,
+        keep_app_tokens: bool = True,
+    ) -> None:
         self.connection = connection
         self.delegated = (
             DelegatedTokens(connection, context.endpoints, http, context.state_dir)
@@ -84,12 +103,22 @@ class ConnectionClients:
             else "https://login.microsoftonline.com"
         )
         pc, gdap = connection.partner_center_app, connection.gdap_app
+        state_dir = context.state_dir if keep_app_tokens else None
+        http_cache = HttpCache(http_cache_file(state_dir, connection.name)) if state_dir else None
+
+        def token_cache(app: str) -> AppTokenCache | None:
+            if state_dir is None:
+                return None
+            return AppTokenCache(app_cache_file(state_dir, connection.name, app), login=login)
+
         self.partner_center = AppTokens(
             client_id=str(pc.client_id),
             secret=pc.client_secret.resolve,
             authority=login,
             http=http,
             app_name=f"Partner Center app {pc.client_id} of connection {connection.name}",
+            token_cache=token_cache("partner_center"),
+            http_cache=http_cache,
         )
         self.gdap = AppTokens(
             client_id=str(gdap.client_id),
@@ -97,6 +126,8 @@ class ConnectionClients:
             authority=login,
             http=http,
             app_name=f"GDAP app {gdap.client_id} of connection {connection.name}",
+            token_cache=token_cache("gdap"),
+            http_cache=http_cache,
         )
 
     def partner_center_headers(self) -> dict[str, str]:
@@ -109,9 +140,12 @@ class ConnectionClients:
 
 
 class CspSession:
-    """What one run of the module shares between its hook calls: clients and tokens."""
+    """What one run of the module shares between its hook calls: clients and tokens.
 
-    def __init__(self, context: ModuleContext) -> None:
+    ``keep_app_tokens``: see `ConnectionClients`.
+    """
+
+    def __init__(self, context: ModuleContext, *, keep_app_tokens: bool = True) -> None:
         if context.http is None or context.endpoints is None:
             raise RuntimeError(
                 "the Microsoft CSP module needs the host's HTTP client and endpoints"
@@ -122,10 +156,13 @@ class CspSession:
         self.connections = {c.name: c for c in settings.connections}
         self._clients: dict[str, ConnectionClients] = {}
         self._context = context
+        self._keep_app_tokens = keep_app_tokens
 
     def clients(self, connection: Connection) -> ConnectionClients:
         if connection.name not in self._clients:
-            self._clients[connection.name] = ConnectionClients(connection, self._context, self.http)
+            self._clients[connection.name] = ConnectionClients(
+                connection, self._context, self.http, keep_app_tokens=self._keep_app_tokens
+            )
         return self._clients[connection.name]
 
     def url(self, host: str, path: str) -> str:
@@ -155,10 +192,17 @@ def session(context: ModuleContext) -> CspSession:
 
 @contextlib.contextmanager
 def _explained(api: str, tenant: str, app: str) -> Iterator[None]:
-    """Microsoft's refusals of the calls inside, as the guide explains them (`call_error`)."""
+    """Microsoft's refusals of the calls inside, as the guide explains them (`call_error`).
+
+    A 401 or 403 may mean a token MSAL holds good no longer is (a login service that forgot
+    it) or carries the permissions of before a change: the app's tokens for the tenant are
+    dropped (`auth.forget_refused`), so the next call or run asks for new ones.
+    """
     try:
         yield
     except HttpError as exc:
+        if exc.status in (401, 403):
+            forget_refused(tenant, app)
         raise call_error(exc, api=api, tenant=tenant, app=app) from None
 
 
