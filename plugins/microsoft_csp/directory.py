@@ -10,8 +10,10 @@ Users live in `users`, which uses this module's session and Graph headers.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -158,6 +160,11 @@ class CspSession:
         self._context = context
         self._keep_app_tokens = keep_app_tokens
 
+    @property
+    def parallel_tenants(self) -> int:
+        """How many tenants the run works on at once (`integrator.parallel_tenants`)."""
+        return self._context.integrator.parallel_tenants
+
     def clients(self, connection: Connection) -> ConnectionClients:
         if connection.name not in self._clients:
             self._clients[connection.name] = ConnectionClients(
@@ -259,11 +266,47 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
                         relationship
                     )
 
-    tenant_ids = set(relationships) | set(resellers)
-    for tenant_id in sorted(tenant_ids):
+    tenant_ids = sorted(set(relationships) | set(resellers))
+    refusals = _consent_checks(
+        csp, connection, [t for t in tenant_ids if _active(relationships.get(t, []))]
+    )
+    for tenant_id in tenant_ids:
         yield _tenant(
-            csp, connection, tenant_id, resellers.get(tenant_id), relationships.get(tenant_id, [])
+            csp,
+            connection,
+            tenant_id,
+            resellers.get(tenant_id),
+            relationships.get(tenant_id, []),
+            refusals.get(tenant_id),
         )
+
+
+def _active(relationships: list[DelegatedAdminRelationship]) -> list[DelegatedAdminRelationship]:
+    return [r for r in relationships if r.status in ("active", "expiring")]
+
+
+def _consent_checks(
+    csp: CspSession, connection: Connection, tenant_ids: list[str]
+) -> dict[str, MicrosoftAuthError]:
+    """Ask for the GDAP app's token in each tenant (whether its consent holds), as many at
+    once as the run syncs tenants: one after another, they took two round trips a tenant
+    before any tenant could start. The refusals, by tenant."""
+    gdap = csp.clients(connection).gdap
+
+    def check(tenant_id: str) -> MicrosoftAuthError | None:
+        try:
+            gdap.token(tenant_id, GRAPH_RESOURCE)
+        except MicrosoftAuthError as exc:
+            return exc
+        return None
+
+    if not tenant_ids:
+        return {}
+    workers = max(1, min(csp.parallel_tenants, len(tenant_ids)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="halo-consent") as pool:
+        # Each check in this run's log context (the request log names the connection).
+        outcomes = list(pool.map(lambda t: contextvars.copy_context().run(check, t), tenant_ids))
+    return {t: refusal for t, refusal in zip(tenant_ids, outcomes, strict=True) if refusal}
 
 
 def _tenant(
@@ -272,8 +315,11 @@ def _tenant(
     tenant_id: str,
     reseller: PartnerCenterCustomer | None,
     relationships: list[DelegatedAdminRelationship],
+    refusal: MicrosoftAuthError | None,
 ) -> Tenant:
-    active = [r for r in relationships if r.status in ("active", "expiring")]
+    """The tenant as the sync stores it; ``refusal``: why the GDAP app's token was refused
+    in it, if it was (`_consent_checks`)."""
+    active = _active(relationships)
     roles = {role.role_definition_id for r in active for role in r.access_details.unified_roles}
     details: list[str] = []
     if active:
@@ -294,10 +340,9 @@ def _tenant(
             + ", ".join(NEEDED_ROLES.values())
             + "): add one to the relationship and to the AdminAgents group's access assignment"
         )
-    if active:
-        try:
-            csp.clients(connection).gdap.token(tenant_id, GRAPH_RESOURCE)
-        except (ConsentMissing, ApplicationNotFound) as exc:
+    if active and refusal is not None:
+        exc = refusal
+        if isinstance(exc, ConsentMissing | ApplicationNotFound):
             access = TenantAccess.CONSENT_MISSING
             url = consent_url(
                 csp.endpoints,
@@ -312,7 +357,7 @@ def _tenant(
                 f"consent needed: {exc} — grant it at {url} (or run `halo-integrator csp consent "
                 f"{tenant_id}`, which waits for the answer and records it)"
             )
-        except MicrosoftAuthError as exc:
+        else:
             details.append(f"token refused: {exc}")
     name = (
         reseller.company_profile.company_name
