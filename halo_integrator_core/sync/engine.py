@@ -14,8 +14,8 @@ import contextvars
 import itertools
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -386,10 +386,12 @@ class _ModuleRun:
         self.tenant_counts: dict[tuple[str, str], Counts] = {}
         self.user_rules = UserRules(engine.config)
         self.asset_rules = AssetRules(engine.config.assets)
-        #: Whether units fetch into a spool before they write (tenants side by side).
-        self.spooling = False
+        #: With tenants side by side, the one thread that writes what their threads fetch:
+        #: one unit of work at a time on every store (not only SQLite's one writer: units
+        #: share rows beyond their tenant's, such as asset types and sites a mapping creates).
+        self._writer: ThreadPoolExecutor | None = None
+        self._backlog = threading.BoundedSemaphore(1)
         self._lock = threading.Lock()
-        self._write_turn = threading.Lock()
         self._finished = 0
 
     @property
@@ -424,12 +426,17 @@ class _ModuleRun:
         # transaction): they cannot run side by side.
         parallel = 1 if self.result.dry_run else self.config.integrator.parallel_tenants
         parallel = max(1, min(parallel, len(targets)))
-        self.spooling = parallel > 1
         if parallel == 1:
             for target in targets:
                 self.sync_tenant(target, rules, len(targets))
         else:
-            with ThreadPoolExecutor(parallel, thread_name_prefix="halo-tenant") as pool:
+            # Fetched kinds waiting for the writer: enough to keep it busy, few enough to
+            # keep memory flat (each spool holds up to MEMORY_RECORDS records in memory).
+            self._backlog = threading.BoundedSemaphore(2 * parallel)
+            with (
+                ThreadPoolExecutor(1, thread_name_prefix="halo-writer") as self._writer,
+                ThreadPoolExecutor(parallel, thread_name_prefix="halo-tenant") as pool,
+            ):
                 # Each tenant on a thread of its own, with this run's log context.
                 futures = [
                     pool.submit(
@@ -445,17 +452,59 @@ class _ModuleRun:
             log.info("sync.stopped", tenants_left=left)
 
     def sync_tenant(self, target: TenantTarget, rules: list[EntityRule], total: int) -> None:
-        """Every kind of one tenant, unless the run was asked to stop before it began."""
+        """Every kind of one tenant, unless the run was asked to stop before it began.
+
+        With tenants side by side this thread only fetches: it hands each kind to the
+        writer and goes on to the next kind, then to the next tenant, while the writer
+        applies them in order (devices after their users) and then finishes the tenant.
+        The tenant's lock is held until then.
+        """
         if self.engine.stop.is_set():
             return
-        with (
-            tenant_lock(target.tenant.tenant_id),
-            structlog.contextvars.bound_contextvars(
+        lock = tenant_lock(target.tenant.tenant_id)
+        lock.acquire()
+        try:
+            with structlog.contextvars.bound_contextvars(
                 tenant=target.tenant.tenant_id, connection=target.tenant.connection
-            ),
-        ):
-            errors = [e for rule in rules if (e := self.sync_entity_kind(rule, target))]
-            self.record_tenant_outcome(target, errors)
+            ):
+                if self._writer is None:
+                    outcomes = [self.sync_entity_kind(rule, target) for rule in rules]
+                    self.finish_tenant(target, outcomes, total)
+                    return
+                writes = []
+                for rule in rules:
+                    fetched = self.fetch_entity_kind(rule, target)
+                    self._backlog.acquire()  # the writer is this far behind at most
+                    writes.append(self._write(self._write_then_free, fetched))
+                self._write(self._finish_written, target, writes, total, lock)
+                lock = None  # released by the writer, once the tenant is written
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _write(self, work: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue ``work`` for the writer, in this thread's log context."""
+        assert self._writer is not None
+        return self._writer.submit(contextvars.copy_context().run, work, *args)
+
+    def _write_then_free(self, fetched: _Fetched) -> str | None:
+        try:
+            return self.write_fetched(fetched)
+        finally:
+            self._backlog.release()
+
+    def _finish_written(
+        self, target: TenantTarget, writes: list[Future[Any]], total: int, lock: threading.Lock
+    ) -> None:
+        try:
+            # Done already: the writer took them before this.
+            self.finish_tenant(target, [write.result() for write in writes], total)
+        finally:
+            lock.release()
+
+    def finish_tenant(self, target: TenantTarget, outcomes: list[str | None], total: int) -> None:
+        """Record how the tenant went (the errors of its kinds) and report it done."""
+        self.record_tenant_outcome(target, [e for e in outcomes if e])
         with self._lock:
             self._finished += 1
             index = self._finished
@@ -607,19 +656,59 @@ class _ModuleRun:
     # -- per-tenant entities ---------------------------------------------------------------
 
     def sync_entity_kind(self, rule: EntityRule, target: TenantTarget) -> str | None:
-        """Sync one kind of one tenant; returns why it failed, if it did."""
-        tenant_id = target.tenant.tenant_id
-        counts, error = Counts(), None
+        """Sync one kind of one tenant, streaming it into one unit of work; returns why it
+        failed, if it did."""
+        unit = self._unit(rule, target)
+
+        def stream() -> None:
+            with self.store.unit() as connection:
+                unit.connection = connection
+                unit.apply(unit.fetch())
+
+        return self._settle(unit, stream)
+
+    def _unit(self, rule: EntityRule, target: TenantTarget) -> _EntityUnit:
+        kind = {EntityKind.USERS: _UserUnit, EntityKind.ASSETS: _AssetUnit}.get(
+            rule.kind, _EntityUnit
+        )
+        return kind(self, rule, target, Counts())
+
+    def fetch_entity_kind(self, rule: EntityRule, target: TenantTarget) -> _Fetched:
+        """Fetch one kind of one tenant into a spool, holding nothing of the store, for
+        `write_fetched` to apply. Tenants synced side by side thus wait for each other only
+        while writing, never while Microsoft answers (or the pacing holds a request)."""
+        unit = self._unit(rule, target)
+        spool = Spool()
         try:
-            unit = {EntityKind.USERS: _UserUnit, EntityKind.ASSETS: _AssetUnit}.get(
-                rule.kind, _EntityUnit
-            )(self, rule, target, counts)
-            if self.spooling:
-                self._fetch_then_write(unit)
-            else:
-                with self.store.unit() as connection:
-                    unit.connection = connection
-                    unit.apply(unit.fetch())
+            with self.store.read() as connection:
+                unit.connection = connection
+                batches = unit.fetch()
+            for batch in batches:
+                spool.add(batch)
+        except Exception as exc:  # settled (counted, reported) where it is written
+            spool.close()
+            return _Fetched(unit, None, exc)
+        return _Fetched(unit, spool, None)
+
+    def write_fetched(self, fetched: _Fetched) -> str | None:
+        """Apply what `fetch_entity_kind` fetched in one unit of work (on the run's one
+        writer thread); returns why the kind failed, if it did."""
+
+        def write() -> None:
+            if fetched.failure is not None:
+                raise fetched.failure
+            assert fetched.spool is not None
+            with fetched.spool as spool, self.store.unit() as connection:
+                fetched.unit.connection = connection
+                fetched.unit.apply(spool)
+
+        return self._settle(fetched.unit, write)
+
+    def _settle(self, unit: _EntityUnit, work: Callable[[], None]) -> str | None:
+        """Do a unit's ``work`` and count how it went; why it failed, if it did."""
+        rule, tenant_id, counts, error = unit.rule, unit.tenant_id, unit.counts, None
+        try:
+            work()
         except SkipTenant as skip:
             # Known and the user's to fix (consent, say): counted as skipped, not failed.
             counts = Counts(skipped=1)
@@ -632,22 +721,6 @@ class _ModuleRun:
             log.info("sync.entities", kind=rule.kind.value, **counts.as_dict())
         self.counts(rule.kind.value, tenant_id).add(counts)
         return error
-
-    def _fetch_then_write(self, unit: _EntityUnit) -> None:
-        """Fetch the unit's records into a spool, holding nothing of the store, then write
-        them in one unit of work. Tenants synced side by side thus wait for each other only
-        while writing, never while Microsoft answers (or while the pacing holds a request)."""
-        with self.store.read() as connection:
-            unit.connection = connection
-            batches = unit.fetch()
-        with Spool() as spool:
-            for batch in batches:
-                spool.add(batch)
-            # One unit writes at a time on every store, not only SQLite's one writer: units
-            # share rows beyond their tenant's (asset types, sites a mapping creates).
-            with self._write_turn, self.store.unit() as connection:
-                unit.connection = connection
-                unit.apply(spool)
 
     def record_tenant_outcome(self, target: TenantTarget, errors: list[str]) -> None:
         with self.store.unit() as connection:
@@ -681,6 +754,15 @@ class _ModuleRun:
         self, kind: str, tenant_id: str, entity_id: str, action: str, fields: tuple[str, ...] = ()
     ) -> None:
         self.engine.reporter.change(Change(kind, tenant_id, entity_id, action, fields))
+
+
+@attrs.define
+class _Fetched:
+    """A unit fetched into its spool (or how its fetching failed), waiting to be written."""
+
+    unit: _EntityUnit
+    spool: Spool | None
+    failure: Exception | None
 
 
 class _EntityUnit:

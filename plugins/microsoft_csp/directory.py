@@ -285,6 +285,10 @@ def _active(relationships: list[DelegatedAdminRelationship]) -> list[DelegatedAd
     return [r for r in relationships if r.status in ("active", "expiring")]
 
 
+#: Consent checks at once per tenant synced at once (`integrator.parallel_tenants`).
+CONSENT_CHECKS_PER_TENANT_SLOT = 4
+
+
 def _consent_checks(
     csp: CspSession, connection: Connection, tenant_ids: list[str]
 ) -> dict[str, MicrosoftAuthError]:
@@ -302,7 +306,11 @@ def _consent_checks(
 
     if not tenant_ids:
         return {}
-    workers = max(1, min(csp.parallel_tenants, len(tenant_ids)))
+    # A token request is light for Entra ID, which limits it per tenant: more at once than
+    # the tenants synced side by side, so that a cold start is not held up by them.
+    workers = max(
+        1, min(CONSENT_CHECKS_PER_TENANT_SLOT * csp.parallel_tenants, 64, len(tenant_ids))
+    )
     with ThreadPoolExecutor(workers, thread_name_prefix="halo-consent") as pool:
         # Each check in this run's log context (the request log names the connection).
         outcomes = list(pool.map(lambda t: contextvars.copy_context().run(check, t), tenant_ids))
