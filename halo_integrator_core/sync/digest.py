@@ -13,8 +13,13 @@ them write something else from the same record, so that the next sync rewrites e
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
+from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 #: Bump when the rules write differently from the same record and configuration.
 RULES_VERSION = "1"
@@ -29,13 +34,21 @@ class Digester:
         self._base.update(repr((RULES_VERSION, *context)).encode())
 
     def of(self, record: Any, *extra: Any) -> str:
-        """The digest of ``record`` (an attrs record: its repr names every field) and of
+        """The digest of ``record`` (an attrs record: every field's value, in order) and of
         ``extra``, under this digester's rules."""
         digest = self._base.copy()
-        digest.update(repr(record).encode())
+        digest.update(repr((type(record).__name__, _values(type(record))(record))).encode())
         if extra:
             digest.update(repr(extra).encode())
         return digest.hexdigest()
+
+
+@functools.cache
+def _values(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A getter of all the fields of the attrs class ``cls``, as a tuple."""
+    names = [field.name for field in attrs.fields(cls)]
+    getter = operator.attrgetter(*names)
+    return getter if len(names) > 1 else lambda record: (getter(record),)
 
 
 __all__ = ["RULES_VERSION", "Digester"]

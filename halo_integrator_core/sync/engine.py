@@ -788,6 +788,8 @@ class _EntityUnit:
         tenant = target.tenant
         self.tenant_key = tenant_key(tenant.connection, tenant.tenant_id)
         self.deactivates = True
+        #: The tenant's rows' digests (entity ID → row ID, digest), read once a unit.
+        self._stored_digests: dict[str, tuple[int, str]] | None = None
 
     def hook_arguments(self) -> dict[str, Any]:
         """What the kind's fetch hook is called with besides the context and the tenant."""
@@ -920,17 +922,24 @@ class _EntityUnit:
     def unchanged_by_digest(self, digests: dict[str, str]) -> dict[str, int]:
         """Of the entities ``digests`` names (entity ID → digest of its record), those whose
         row was written from a record of that very digest: entity ID → row ID."""
-        table = self.table
-        rows = self.connection.execute(
-            sa.select(table.c.external_id, table.c.id, table.c.source_digest).where(
-                table.c.tenant_ref == self.target.tenant_ref,
-                table.c.external_id.in_(list(digests)),
-            )
-        )
+        if self._stored_digests is None:
+            # One query a unit, not one a batch: the tenant's digests as the unit began (a
+            # row the unit writes later goes the ordinary way, which finds it).
+            table = self.table
+            self._stored_digests = {
+                entity_id: (row_id, digest)
+                for entity_id, row_id, digest in self.connection.execute(
+                    sa.select(table.c.external_id, table.c.id, table.c.source_digest).where(
+                        table.c.tenant_ref == self.target.tenant_ref,
+                        table.c.source_digest.is_not(None),
+                    )
+                )
+            }
+        stored = self._stored_digests
         return {
-            entity_id: row_id
-            for entity_id, row_id, digest in rows
-            if digest is not None and digest == digests[entity_id]
+            entity_id: found[0]
+            for entity_id, digest in digests.items()
+            if (found := stored.get(entity_id)) is not None and found[1] == digest
         }
 
     def skip_unchanged(self, records: dict[str, Any], digests: dict[str, str]) -> list[int]:
