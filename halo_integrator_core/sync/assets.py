@@ -11,9 +11,10 @@ keeps an asset of its own.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -80,6 +81,15 @@ def device_value(device: ManagedDevice, name: str) -> Any:
     return device.attributes.get(name)
 
 
+def device_getter(name: str) -> Callable[[ManagedDevice], Any]:
+    """`device_value` of ``name`` as a function of the device: rules resolve the names they
+    read once, not for every device."""
+    field = STANDARD_PROPERTIES.get(name)
+    if field is not None:
+        return attrgetter(field)
+    return lambda device: device.attributes.get(name)
+
+
 def _date(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return utc(value)
@@ -93,19 +103,34 @@ def _date(value: Any) -> datetime | None:
 
 
 def condition_holds(condition: DeviceCondition, device: ManagedDevice) -> bool:
-    text = (text_value(device_value(device, condition.field)) or "").lower()
-    wanted = condition.value.strip().lower()
-    operator = condition.operator
-    if operator is DeviceOperator.EQUALS:
-        return text == wanted
-    if operator is DeviceOperator.NOT_EQUALS:
-        return text != wanted
-    if operator is DeviceOperator.CONTAINS:
-        return wanted in text
-    if operator is DeviceOperator.STARTS_WITH:
-        return text.startswith(wanted)
+    return compile_condition(condition)(device)
+
+
+def compile_condition(condition: DeviceCondition) -> Callable[[ManagedDevice], bool]:
+    """`condition_holds` of ``condition`` as a function of the device, its property and value
+    resolved (and a regular expression compiled) once."""
+    get, operator = device_getter(condition.field), condition.operator
+
+    def text(device: ManagedDevice) -> str:
+        return (text_value(get(device)) or "").lower()
+
     if operator is DeviceOperator.MATCHES:
-        return re.search(condition.value, text, re.IGNORECASE) is not None
+        try:
+            search = re.compile(condition.value, re.IGNORECASE).search
+        except re.error:  # said when a device meets it, as `re.search` would
+            return lambda device: (
+                re.search(condition.value, text(device), re.IGNORECASE) is not None
+            )
+        return lambda device: search(text(device)) is not None
+    wanted = condition.value.strip().lower()
+    if operator is DeviceOperator.EQUALS:
+        return lambda device: text(device) == wanted
+    if operator is DeviceOperator.NOT_EQUALS:
+        return lambda device: text(device) != wanted
+    if operator is DeviceOperator.CONTAINS:
+        return lambda device: wanted in text(device)
+    if operator is DeviceOperator.STARTS_WITH:
+        return lambda device: text(device).startswith(wanted)
     raise AssertionError(f"unhandled operator {operator}")  # pragma: no cover
 
 
@@ -132,6 +157,25 @@ class AssetRules:
         self.type_values = {k.strip().lower(): v for k, v in settings.type_values.items()}
         self._types: dict[str, int] = {}
         self.sites = SiteFinder()
+        # What the rules read of a device, resolved once.
+        self._type_field = (
+            None if settings.type_field is None else device_getter(settings.type_field)
+        )
+        self._type_rules = tuple(
+            (rule.type, tuple(compile_condition(c) for c in rule.conditions))
+            for rule in settings.type_rules
+        )
+        self._field_sources = tuple(
+            (field, device_getter(source), field in _DATE_FIELDS, _WIDTHS.get(field, 255))
+            for field, source in self.field_map.items()
+        )
+        self._custom_sources = tuple(
+            (name, device_getter(source)) for name, source in self.custom_map.items()
+        )
+        matching = settings.matching_field
+        self._match_value = (
+            None if matching is AssetMatchingField.NONE else attrgetter(matching.value)
+        )
 
     def query(self) -> AssetQuery:
         settings = self.settings
@@ -152,17 +196,20 @@ class AssetRules:
         """The asset type's name for ``device``; ``None`` when the rules exclude it."""
         settings = self.settings
         if settings.type_method is AssetTypeMethod.FIELD:
-            assert settings.type_field is not None
-            value = text_value(device_value(device, settings.type_field))
+            assert self._type_field is not None
+            value = text_value(self._type_field(device))
             if value is not None and value.lower() in self.type_values:
                 return self.type_values[value.lower()]
             if value is not None and settings.unmapped_values is UnmappedTypeValue.CREATE:
                 return value[:255]
             return settings.type
         if settings.type_method is AssetTypeMethod.RULES:
-            for rule in settings.type_rules:
-                if all(condition_holds(c, device) for c in rule.conditions):
-                    return rule.type
+            for type_name, conditions in self._type_rules:
+                for holds in conditions:
+                    if not holds(device):
+                        break
+                else:  # every condition holds
+                    return type_name
             return None if settings.unmatched is UnmatchedDevice.EXCLUDE else settings.type
         return settings.type
 
@@ -246,35 +293,35 @@ class AssetRules:
 
     def match_key(self, device: ManagedDevice) -> str | None:
         """The global matching field's value, normalised; ``None`` if it identifies nothing."""
-        field = self.settings.matching_field
-        if field is AssetMatchingField.NONE:
+        if self._match_value is None:
             return None
-        value = text_value(getattr(device, field.value))
+        value = text_value(self._match_value(device))
         if value is None:
             return None
         key = value.casefold()
-        if field is AssetMatchingField.SERIAL_NUMBER and self.junk_serial(key):
+        if self.settings.matching_field is AssetMatchingField.SERIAL_NUMBER and self.junk_serial(
+            key
+        ):
             return None
         return key[:255]
 
     def junk_serial(self, key: str) -> bool:
         # Placeholders, and a serial of one repeated character ("0000000", "xxxx").
-        return key in self.junk or len(set(key)) <= 1
+        return key in self.junk or not key or key.count(key[0]) == len(key)
 
     def columns(self, device: ManagedDevice, row: Row[Any] | None) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for field, source in self.field_map.items():
-            raw = device_value(device, source)
-            if field in _DATE_FIELDS:
-                values[field] = _date(raw)
+        for field, get, is_date, width in self._field_sources:
+            if is_date:
+                values[field] = _date(get(device))
             else:
-                text = text_value(raw)
-                values[field] = text[: _WIDTHS.get(field, 255)] if text else None
+                text = text_value(get(device))
+                values[field] = text[:width] if text else None
         custom = dict(row.custom_fields or {}) if row is not None else {}
-        for name, source in self.custom_map.items():
-            custom[name] = _json_safe(text_value(device_value(device, source)))
+        for name, get in self._custom_sources:
+            custom[name] = text_value(get(device))  # text or None: JSON as it is
         values["custom_fields"] = custom
-        values["attributes"] = _json_safe(dict(device.attributes))
+        values["attributes"] = _json_safe(device.attributes)
         values["match_key"] = self.match_key(device)
         return values
 

@@ -103,6 +103,8 @@ class SiteFinder:
 
 def text_value(value: Any) -> str | None:
     """A source value as PSA text: blank is ``None``; a list is its first non-blank item."""
+    if type(value) is str:  # the common case, first
+        return value.strip() or None
     if isinstance(value, (list, tuple)):
         value = next((item for item in value if item not in (None, "")), None)
     if value is None:
@@ -232,9 +234,21 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: Types `_json_safe` keeps as they are (exactly these: a subclass may say otherwise).
+_JSON_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_safe(value: Any) -> Any:
+    kind = type(value)
+    if kind in _JSON_PLAIN:
+        return value
+    if kind is list or kind is tuple:  # neither is a Mapping
+        return [v if type(v) in _JSON_PLAIN else _json_safe(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {
+            k if type(k) is str else str(k): v if type(v) in _JSON_PLAIN else _json_safe(v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     if isinstance(value, datetime):

@@ -10,7 +10,9 @@ the PSA user of the deleted one. A match that is not one PSA user is reported, n
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -61,31 +63,53 @@ def property_value(user: DirectoryUser, name: str) -> Any:
     return user.attributes.get(name)
 
 
+def property_getter(name: str) -> Callable[[DirectoryUser], Any]:
+    """`property_value` of ``name`` as a function of the user: rules resolve the names they
+    read once, not for every user."""
+    field = STANDARD_PROPERTIES.get(name)
+    if field is not None:
+        return attrgetter(field)
+    return lambda user: user.attributes.get(name)
+
+
 def _texts(value: Any) -> list[str]:
     """Every text of a property value, lower-cased, for filters (a list has several)."""
+    if type(value) is str:  # the common case, first
+        text = value.strip()
+        return [text.lower()] if text else []
+    if value is None:
+        return []
     values = value if isinstance(value, (list, tuple)) else [value]
     return [t.lower() for item in values if (t := text_value(item)) is not None]
 
 
+#: Each operator that compares with a value: whether it holds of a property's texts.
+_COMPARISONS: Mapping[FilterOperator, Callable[[list[str], str], bool]] = {
+    FilterOperator.EQUALS: lambda texts, wanted: wanted in texts,
+    FilterOperator.NOT_EQUALS: lambda texts, wanted: wanted not in texts,
+    FilterOperator.CONTAINS: lambda texts, wanted: any(wanted in t for t in texts),
+    FilterOperator.NOT_CONTAINS: lambda texts, wanted: not any(wanted in t for t in texts),
+    FilterOperator.STARTS_WITH: lambda texts, wanted: any(t.startswith(wanted) for t in texts),
+    FilterOperator.ENDS_WITH: lambda texts, wanted: any(t.endswith(wanted) for t in texts),
+}
+
+
 def filter_holds(condition: PropertyFilter, user: DirectoryUser) -> bool:
-    texts = _texts(property_value(user, condition.field))
-    operator = condition.operator
+    return compile_filter(condition)(user)
+
+
+def compile_filter(condition: PropertyFilter) -> Callable[[DirectoryUser], bool]:
+    """`filter_holds` of ``condition`` as a function of the user, its property and value
+    resolved once."""
+    get, operator = property_getter(condition.field), condition.operator
     if operator in VALUELESS_OPERATORS:
-        return (not texts) == (operator is FilterOperator.IS_EMPTY)
+        empty = operator is FilterOperator.IS_EMPTY
+        return lambda user: (not _texts(get(user))) == empty
+    compare = _COMPARISONS.get(operator)
+    if compare is None:  # pragma: no cover
+        raise AssertionError(f"unhandled operator {operator}")
     wanted = (condition.value or "").strip().lower()
-    if operator is FilterOperator.EQUALS:
-        return wanted in texts
-    if operator is FilterOperator.NOT_EQUALS:
-        return wanted not in texts
-    if operator is FilterOperator.CONTAINS:
-        return any(wanted in t for t in texts)
-    if operator is FilterOperator.NOT_CONTAINS:
-        return not any(wanted in t for t in texts)
-    if operator is FilterOperator.STARTS_WITH:
-        return any(t.startswith(wanted) for t in texts)
-    if operator is FilterOperator.ENDS_WITH:
-        return any(t.endswith(wanted) for t in texts)
-    raise AssertionError(f"unhandled operator {operator}")  # pragma: no cover
+    return lambda user: compare(_texts(get(user)), wanted)
 
 
 def is_external(user: DirectoryUser) -> bool:
@@ -111,10 +135,29 @@ class _CompiledMapping:
     #: The site of a ``site`` mapping; ``None`` until created (``create_site``) or if missing.
     site_id: int | None = None
     broken: str | None = None
+    label: str = attrs.field(init=False)
+    #: The spec's group, lower-cased; ``None`` when it names none.
+    group: str | None = attrs.field(init=False)
+    filters: tuple[Callable[[DirectoryUser], bool], ...] = attrs.field(init=False)
+    #: A ``field`` mapping's site field, as a function of the user.
+    site_value: Callable[[DirectoryUser], Any] | None = attrs.field(init=False)
+    #: What it puts at each site: one `Placement` a site, not one a user.
+    placements: dict[int, Placement] = attrs.field(init=False, factory=dict)
 
-    @property
-    def label(self) -> str:
-        return self.spec.label(self.index)[:_TEXT_LIMIT]
+    def __attrs_post_init__(self) -> None:
+        spec = self.spec
+        self.label = spec.label(self.index)[:_TEXT_LIMIT]
+        self.group = spec.group.lower() if spec.group else None
+        self.filters = tuple(compile_filter(condition) for condition in spec.filters)
+        self.site_value = None if spec.site_field is None else property_getter(spec.site_field)
+
+    def placement(self, site_id: int) -> Placement:
+        placement = self.placements.get(site_id)
+        if placement is None:
+            spec = self.spec
+            placement = Placement(site_id, self.label, spec.role, spec.values)
+            self.placements[site_id] = placement
+        return placement
 
 
 class UserRules:
@@ -128,8 +171,32 @@ class UserRules:
         self.clear_when_blank = frozenset(self.settings.clear_when_blank)
         self.service = self.settings.service_accounts
         self._by_customer: dict[int, list[_CompiledMapping]] | None = None
+        #: `applicable`, by customer and tenant.
+        self._applicable: dict[tuple[int | None, str], tuple[_CompiledMapping, ...]] = {}
         self.sites = SiteFinder()
         self._reported: set[int] = set()
+        # What `columns` and `is_service_account` read, resolved once.
+        self._field_sources = tuple(
+            (
+                field,
+                property_getter(source),
+                100 if field in ("phone", "mobile") else _TEXT_LIMIT,
+                field not in self.clear_when_blank,
+            )
+            for field, source in self.field_map.items()
+        )
+        self._custom_sources = tuple(
+            (name, property_getter(source), f"custom_fields.{name}" in self.clear_when_blank)
+            for name, source in self.custom_map.items()
+        )
+        service = self.service
+        self._service_rules = service.any
+        self._licence_exceptions = frozenset(
+            exception.strip().lower() for exception in service.licence_exceptions
+        )
+        self._upn_pattern = _patterns(service.upn_patterns)
+        self._display_name_pattern = _patterns(service.display_name_patterns)
+        self._service_groups = frozenset(g.lower() for g in service.groups)
 
     # -- mappings --------------------------------------------------------------------------
 
@@ -199,7 +266,10 @@ class UserRules:
         A tenant none of whose customer's mappings apply to it gets the catch-all of
         ``create_site_mappings_for_new_tenants`` when that is on.
         """
-        mappings = self.applicable(connection, target)
+        key = (target.customer_id, target.tenant.tenant_id)
+        mappings = self._applicable.get(key)
+        if mappings is None:
+            mappings = self._applicable[key] = tuple(self.applicable(connection, target))
         if not mappings:
             if self.config.integrator.create_site_mappings_for_new_tenants and not is_external(
                 user
@@ -207,38 +277,44 @@ class UserRules:
                 assert target.main_site_id is not None
                 return Placement(target.main_site_id, "generated: all users to Main", None, {})
             return None
+        # Worked out once a user, when a mapping first asks.
+        external: bool | None = None
+        groups: set[str] | None = None
         for mapping in mappings:
-            site_id = self._accepts(connection, mapping, target, user)
-            if site_id is not None:
-                spec = mapping.spec
-                return Placement(site_id, mapping.label, spec.role, spec.values)
+            if mapping.broken:
+                continue
+            if not mapping.spec.include_external_users:
+                if external is None:
+                    external = is_external(user)
+                if external:
+                    continue
+            if mapping.group is not None:
+                if groups is None:
+                    groups = {g.lower() for g in user.groups}
+                if mapping.group not in groups:
+                    continue
+            for holds in mapping.filters:
+                if not holds(user):
+                    break
+            else:  # every filter holds
+                site_id = self._site_of(connection, mapping, user)
+                if site_id is not None:
+                    return mapping.placement(site_id)
         return None
 
-    def _accepts(
-        self,
-        connection: Connection,
-        mapping: _CompiledMapping,
-        target: TenantTarget,
-        user: DirectoryUser,
+    def _site_of(
+        self, connection: Connection, mapping: _CompiledMapping, user: DirectoryUser
     ) -> int | None:
-        spec = mapping.spec
-        if mapping.broken:
-            return None
-        if not spec.include_external_users and is_external(user):
-            return None
-        if spec.group and spec.group.lower() not in {g.lower() for g in user.groups}:
-            return None
-        if not all(filter_holds(condition, user) for condition in spec.filters):
-            return None
-        if spec.type is SiteMappingType.FIELD:
-            assert spec.site_field is not None
-            name = text_value(property_value(user, spec.site_field))
+        """The site ``mapping`` puts ``user`` at, which it accepts otherwise."""
+        if mapping.spec.type is SiteMappingType.FIELD:
+            assert mapping.site_value is not None
+            name = text_value(mapping.site_value(user))
             if name is None:
                 return None  # no value to name a site after: the next mapping may take it
             return self._site(connection, mapping.customer_id, name[:_TEXT_LIMIT], create=True)
         if mapping.site_id is None:
             mapping.site_id = self._site(
-                connection, mapping.customer_id, spec.site or MAIN_SITE, create=True
+                connection, mapping.customer_id, mapping.spec.site or MAIN_SITE, create=True
             )
         return mapping.site_id
 
@@ -267,22 +343,27 @@ class UserRules:
 
     def is_service_account(self, user: DirectoryUser, sku_names: Mapping[str, str]) -> bool:
         rules = self.service
-        if not rules.any:
+        if not self._service_rules:
             return False
-        held = {sku.lower() for sku in user.assigned_sku_ids} | {
-            sku_names[sku].lower() for sku in user.assigned_sku_ids if sku in sku_names
-        }
-        if any(exception.strip().lower() in held for exception in rules.licence_exceptions):
-            return False
-        upn, name = user.user_principal_name.lower(), (user.display_name or "").lower()
-        groups = {g.lower() for g in user.groups}
-        return bool(
-            (rules.no_licence and not user.assigned_sku_ids)
-            or any(fnmatch.fnmatchcase(upn, p.lower()) for p in rules.upn_patterns)
-            or any(fnmatch.fnmatchcase(name, p.lower()) for p in rules.display_name_patterns)
-            or any(g.lower() in groups for g in rules.groups)
-            or (rules.sign_in_blocked and user.account_enabled is False)
-        )
+        skus, exceptions = user.assigned_sku_ids, self._licence_exceptions
+        if exceptions:
+            for sku in skus:  # held by its SKU ID or its part number
+                if sku.lower() in exceptions or (
+                    sku in sku_names and sku_names[sku].lower() in exceptions
+                ):
+                    return False
+        if rules.no_licence and not skus:
+            return True
+        upn_pattern, name_pattern = self._upn_pattern, self._display_name_pattern
+        if upn_pattern is not None and upn_pattern(user.user_principal_name.lower()):
+            return True
+        if name_pattern is not None and name_pattern((user.display_name or "").lower()):
+            return True
+        if groups := self._service_groups:
+            for group in user.groups:
+                if group.lower() in groups:
+                    return True
+        return bool(rules.sign_in_blocked and user.account_enabled is False)
 
     def columns(
         self,
@@ -295,40 +376,34 @@ class UserRules:
         """The PSA user's columns for ``user``; a blank never clears what ``row`` holds
         unless the config says so."""
         values: dict[str, Any] = {}
-        for field, source in self.field_map.items():
-            value = text_value(property_value(user, source))
+        for field, get, width, keep in self._field_sources:
+            value = text_value(get(user))
             if value is not None:
-                value = value[:_TEXT_LIMIT] if field not in ("phone", "mobile") else value[:100]
-            if value is None and row is not None and field not in self.clear_when_blank:
+                value = value[:width]
+            elif keep and row is not None:
                 value = getattr(row, field)
             values[field] = value
         custom = dict(row.custom_fields or {}) if row is not None else {}
-        for name, source in self.custom_map.items():
-            value = text_value(property_value(user, source))
-            if value is not None or f"custom_fields.{name}" in self.clear_when_blank:
+        for name, get, clears in self._custom_sources:
+            value = text_value(get(user))
+            if value is not None or clears:
                 custom[name] = value
         for field, value in placement.values.items():
             if field.startswith("custom_fields."):
                 custom[field.removeprefix("custom_fields.")] = value
             else:
                 values[field] = value
-        values |= {
-            "site_id": placement.site_id,
-            "site_mapping": placement.label,
-            "role": placement.role,
-            "custom_fields": custom,
-            "user_principal_name": user.user_principal_name,
-            "account_enabled": user.account_enabled,
-            "user_type": user.user_type,
-            "is_service_account": service_account,
-            "attributes": _json_safe(
-                {
-                    **user.attributes,
-                    "assignedSkuIds": list(user.assigned_sku_ids),
-                    "groups": list(user.groups),
-                }
-            ),
-        }
+        values["site_id"] = placement.site_id
+        values["site_mapping"] = placement.label
+        values["role"] = placement.role
+        values["custom_fields"] = custom
+        values["user_principal_name"] = user.user_principal_name
+        values["account_enabled"] = user.account_enabled
+        values["user_type"] = user.user_type
+        values["is_service_account"] = service_account
+        values["attributes"] = _json_safe(
+            {**user.attributes, "assignedSkuIds": user.assigned_sku_ids, "groups": user.groups}
+        )
         if self.settings.import_last_sign_in:
             values["last_sign_in_at"] = utc(user.last_sign_in_at)
         return values
@@ -336,6 +411,15 @@ class UserRules:
     def active(self, user: DirectoryUser) -> bool:
         """The PSA user's active flag for a user present in the directory."""
         return not (self.settings.set_active_from_account_enabled and user.account_enabled is False)
+
+
+def _patterns(patterns: Iterable[str]) -> Callable[[str], Any] | None:
+    """Whether a lower-cased name matches any of the shell-style ``patterns`` ignoring case
+    (`fnmatch.fnmatchcase`), as one compiled expression; ``None`` for no patterns."""
+    expressions = [fnmatch.translate(pattern.lower()) for pattern in patterns]
+    if not expressions:
+        return None
+    return re.compile("|".join(f"(?:{expression})" for expression in expressions)).match
 
 
 def _unique(values: Iterable[str], *, fold: bool = False) -> tuple[str, ...]:
@@ -385,14 +469,29 @@ def find_matches(
     missing = [user for user in users if user.object_id not in by_object_id]
     if not missing:
         return matches
+    unseen = sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != run_id)
     free = sa.or_(
         table.c.external_id.is_(None),
         sa.and_(
             table.c.tenant_ref == target.tenant_ref,
             table.c.external_id.not_in(ids),
-            sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != run_id),
+            unseen,
         ),
     )
+    # Without a PSA user of the customer that is unlinked, or of the tenant and unseen this
+    # run (a new tenant's first batches), no candidate can exist: their queries are not made.
+    maybe_free = sa.or_(
+        table.c.external_id.is_(None), sa.and_(table.c.tenant_ref == target.tenant_ref, unseen)
+    )
+    if (
+        connection.execute(
+            sa.select(table.c.id)
+            .where(table.c.customer_id == target.customer_id, maybe_free)
+            .limit(1)
+        ).first()
+        is None
+    ):
+        return matches
     claimed: set[int] = set()
 
     def candidates(column: sa.ColumnElement[Any], keys: dict[str, str]) -> dict[str, list[Any]]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -48,12 +49,12 @@ from halo_integrator_core import (
 )
 from halo_integrator_core.errors import BadRequest, HttpError, NotFound, PermissionDenied
 from halo_integrator_core.paging import ODataPage, odata_pages
-from halo_integrator_core.translation import translate
+from halo_integrator_core.translation import translator
 
 from .directory import CspSession, _customer_graph_headers, _explained, session
 from .errors import InsufficientPrivileges
 from .payloads import GraphManagedDevice
-from .users import _property
+from .users import _properties
 
 log = structlog.get_logger(__name__)
 
@@ -238,31 +239,59 @@ class _DevicesRun:
     # -- translation -----------------------------------------------------------------------
 
     def _device(self, item: Any) -> ManagedDevice | RecordError:
-        device = translate(item, GraphManagedDevice)
-        if isinstance(device, RecordError):
-            return device
-        if not device.id.strip():
-            return RecordError(entity_id=None, reason="$.id: empty")
-        return ManagedDevice(
-            device_id=device.id,
-            device_name=_text(device.device_name),
-            serial_number=_text(device.serial_number),
-            manufacturer=_text(device.manufacturer),
-            model=_text(device.model),
-            operating_system=_text(device.operating_system),
-            os_version=_text(device.os_version),
-            compliance_state=_text(device.compliance_state),
-            last_sync_at=device.last_sync_date_time,
-            enrolled_at=device.enrolled_date_time,
-            imei=_text(device.imei),
-            wifi_mac=_text(device.wi_fi_mac_address),
-            azure_ad_device_id=_text(device.azure_ad_device_id),
-            management_agent=_text(device.management_agent),
-            user_id=_text(device.user_id),
-            user_principal_name=_text(device.user_principal_name),
-            email_address=_text(device.email_address),
-            attributes={name: _property(item, name) for name in self.query.properties},
-        )
+        return _translate_device(item, self)
+
+
+def _managed_device(
+    run: _DevicesRun,
+    item: dict[str, Any],
+    *,
+    id: str,
+    device_name: str | None,
+    serial_number: str | None,
+    manufacturer: str | None,
+    model: str | None,
+    operating_system: str | None,
+    os_version: str | None,
+    compliance_state: str | None,
+    last_sync_date_time: datetime | None,
+    enrolled_date_time: datetime | None,
+    imei: str | None,
+    wi_fi_mac_address: str | None,
+    azure_ad_device_id: str | None,
+    management_agent: str | None,
+    user_id: str | None,
+    user_principal_name: str | None,
+    email_address: str | None,
+) -> ManagedDevice | RecordError:
+    """The `ManagedDevice` of an Intune device (the fields of a `GraphManagedDevice`), with
+    the extra properties ``run`` asks for."""
+    if not id.strip():
+        return RecordError(entity_id=None, reason="$.id: empty")
+    return ManagedDevice(
+        device_id=id,
+        device_name=_text(device_name),
+        serial_number=_text(serial_number),
+        manufacturer=_text(manufacturer),
+        model=_text(model),
+        operating_system=_text(operating_system),
+        os_version=_text(os_version),
+        compliance_state=_text(compliance_state),
+        last_sync_at=last_sync_date_time,
+        enrolled_at=enrolled_date_time,
+        imei=_text(imei),
+        wifi_mac=_text(wi_fi_mac_address),
+        azure_ad_device_id=_text(azure_ad_device_id),
+        management_agent=_text(management_agent),
+        user_id=_text(user_id),
+        user_principal_name=_text(user_principal_name),
+        email_address=_text(email_address),
+        attributes=_properties(item, run.query.properties, {}),
+    )
+
+
+#: An Intune device payload → its `ManagedDevice` (or a `RecordError`), given the run.
+_translate_device = translator(GraphManagedDevice, _managed_device)
 
 
 def _text(value: str | None) -> str | None:

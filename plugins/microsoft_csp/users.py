@@ -25,7 +25,7 @@ stored before groups were tracked) is still read as the users link.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -45,10 +45,10 @@ from halo_integrator_core import (
 )
 from halo_integrator_core.errors import Gone, NotFound, PermissionDenied
 from halo_integrator_core.paging import odata_pages
-from halo_integrator_core.translation import parse_timestamp, translate
+from halo_integrator_core.translation import parse_timestamp, translator
 
 from .directory import CspSession, _customer_graph_headers, _explained, session
-from .payloads import GraphUser
+from .payloads import AssignedLicense, GraphUser
 
 log = structlog.get_logger(__name__)
 
@@ -187,6 +187,8 @@ class _UsersRun:
         self.names: dict[str, tuple[str, ...]] = {}
         #: Each requested group name → the ids of its users, nesting flattened.
         self.members: dict[str, set[str]] = {}
+        #: ``members`` the other way round: each member's group names, in the query's order.
+        self._groups_by_user: dict[str, tuple[str, ...]] | None = None
         #: Users whose membership changed (group delta rounds), not yet yielded this run.
         self.candidates: set[str] = set()
 
@@ -313,6 +315,7 @@ class _UsersRun:
         return self._relative(delta_link)
 
     def _read_members(self) -> None:
+        self._groups_by_user = None
         for name, ids in self.names.items():
             members: set[str] = set()
             for group_id in ids:
@@ -330,7 +333,13 @@ class _UsersRun:
             return
 
     def _groups_of(self, user_id: str) -> tuple[str, ...]:
-        return tuple(name for name, members in self.members.items() if user_id in members)
+        if self._groups_by_user is None:
+            found: dict[str, list[str]] = {}
+            for name, members in self.members.items():
+                for member in members:
+                    found.setdefault(member, []).append(name)
+            self._groups_by_user = {member: tuple(names) for member, names in found.items()}
+        return self._groups_by_user.get(user_id, ())
 
     # -- users -----------------------------------------------------------------------------
 
@@ -369,31 +378,7 @@ class _UsersRun:
         self.candidates.clear()
 
     def _user(self, item: Any) -> DirectoryUser | RecordError:
-        user = translate(item, GraphUser)
-        if isinstance(user, RecordError):
-            return user
-        attributes: dict[str, Any] = {"usageLocation": user.usage_location}
-        for name in self.query.properties:
-            attributes[name] = _property(item, name)
-        return DirectoryUser(
-            object_id=user.id,
-            user_principal_name=user.user_principal_name,
-            display_name=user.display_name,
-            given_name=user.given_name,
-            surname=user.surname,
-            mail=user.mail,
-            job_title=user.job_title,
-            department=user.department,
-            office_location=user.office_location,
-            business_phones=tuple(user.business_phones),
-            mobile_phone=user.mobile_phone,
-            employee_id=user.employee_id,
-            account_enabled=user.account_enabled,
-            user_type=user.user_type,
-            assigned_sku_ids=tuple(licence.sku_id for licence in user.assigned_licenses),
-            groups=self._groups_of(user.id),
-            attributes=attributes,
-        )
+        return _translate_user(item, self)
 
     # -- sign-in activity ------------------------------------------------------------------
 
@@ -501,15 +486,104 @@ def _user_select(properties: Iterable[str]) -> str:
     return ",".join(chosen)
 
 
-def _property(item: Any, name: str) -> Any:
-    """An extra property's value by its Microsoft name; ``None`` when absent or empty."""
+def _directory_user(
+    run: _UsersRun,
+    item: dict[str, Any],
+    *,
+    id: str,
+    user_principal_name: str,
+    display_name: str | None,
+    given_name: str | None,
+    surname: str | None,
+    mail: str | None,
+    job_title: str | None,
+    department: str | None,
+    office_location: str | None,
+    business_phones: list[str],
+    mobile_phone: str | None,
+    employee_id: str | None,
+    account_enabled: bool | None,
+    user_type: str | None,
+    usage_location: str | None,
+    assigned_licenses: list[AssignedLicense],
+) -> DirectoryUser:
+    """The `DirectoryUser` of a Graph user (the fields of a `GraphUser`), with its groups
+    and the extra properties ``run`` asks for."""
+    return DirectoryUser(
+        object_id=id,
+        user_principal_name=user_principal_name,
+        display_name=display_name,
+        given_name=given_name,
+        surname=surname,
+        mail=mail,
+        job_title=job_title,
+        department=department,
+        office_location=office_location,
+        business_phones=tuple(business_phones),
+        mobile_phone=mobile_phone,
+        employee_id=employee_id,
+        account_enabled=account_enabled,
+        user_type=user_type,
+        assigned_sku_ids=tuple([licence.sku_id for licence in assigned_licenses]),
+        groups=run._groups_of(id),
+        attributes=_properties(item, run.query.properties, {"usageLocation": usage_location}),
+    )
+
+
+#: A Graph user payload → its `DirectoryUser` (or a `RecordError`), given the run.
+_translate_user = translator(GraphUser, _directory_user)
+
+
+def _properties(item: Any, names: Sequence[str], found: dict[str, Any]) -> dict[str, Any]:
+    """``found`` with the extra properties of ``item`` by their Microsoft names, each
+    ``None`` when absent or empty. A name ``item`` lacks (or holds null) is looked for
+    ignoring case."""
+    if not names:
+        return found
     if not isinstance(item, dict):
-        return None
-    value = item.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in item.items() if k.lower() == lowered), None)
-    return None if value in ("", [], {}) else value
+        found.update(dict.fromkeys(names))
+        return found
+    folded: dict[str, str] | None = None
+    for name in names:
+        value = item.get(name)
+        if value is None:
+            lowered = name.lower()
+            if folded is None:
+                folded = _folded_keys(item)
+            if folded is None:
+                value = next((v for k, v in item.items() if k.lower() == lowered), None)
+            elif (key := folded.get(lowered)) is not None:
+                value = item[key]
+        kind = type(value)
+        if value is None or kind is bool or kind is int or kind is float:
+            found[name] = value
+        elif kind is str:
+            found[name] = value or None
+        else:
+            found[name] = None if value in ("", [], {}) else value
+    return found
+
+
+#: Each layout of keys, by lower case (the first of the keys that fold alike): the items of
+#: a page share a layout, so a null property does not lower every key of every item.
+_KEY_LAYOUTS: dict[tuple[Any, ...], dict[str, str]] = {}
+_KEY_LAYOUTS_KEPT = 64
+
+
+def _folded_keys(item: dict[Any, Any]) -> dict[str, str] | None:
+    """``item``'s keys by lower case; ``None`` if one is not a string."""
+    layout = tuple(item)
+    folded = _KEY_LAYOUTS.get(layout)
+    if folded is None:
+        if not all(type(key) is str for key in layout):
+            return None
+        folded = {}
+        for key in layout:
+            folded.setdefault(key.lower(), key)
+        if len(_KEY_LAYOUTS) >= _KEY_LAYOUTS_KEPT:
+            _KEY_LAYOUTS.clear()
+        _KEY_LAYOUTS[layout] = folded
+    return folded
 
 
 def _has_id(item: Any) -> bool:
