@@ -942,6 +942,17 @@ class _EntityUnit:
             if (found := stored.get(entity_id)) is not None and found[1] == digest
         }
 
+    def customer_state(self, table: sa.Table) -> tuple[Any, ...]:
+        """How many rows of ``table`` the target's customer has and when one last changed:
+        what a digest holds of rows the rules read (sites, the devices' owners)."""
+        return tuple(
+            self.connection.execute(
+                sa.select(sa.func.count(), sa.func.max(table.c.updated_at)).where(
+                    table.c.customer_id == self.target.customer_id
+                )
+            ).one()
+        )
+
     def skip_unchanged(self, records: dict[str, Any], digests: dict[str, str]) -> list[int]:
         """Take the records whose rows were written from the same digest out of
         ``records``, counted unchanged; their row IDs (to be marked seen)."""
@@ -1019,18 +1030,13 @@ class _UserUnit(_EntityUnit):
         if self.site_id is not None:
             return None
         if self._digester is None:
-            config, sites = self.run_state.config, schema.sites
-            site_state = self.connection.execute(
-                sa.select(sa.func.count(), sa.func.max(sites.c.updated_at)).where(
-                    sites.c.customer_id == self.target.customer_id
-                )
-            ).one()
+            config = self.run_state.config
             self._digester = Digester(
                 config.users,
                 config.site_mappings,
                 config.integrator,
                 self.target,
-                tuple(site_state),
+                self.customer_state(schema.sites),
                 sorted(self.licences().items()),
             )
         return self._digester
@@ -1287,18 +1293,13 @@ class _AssetUnit(_EntityUnit):
         if self.site_id is not None:
             return None
         if self._digester is None:
-            config, users = self.run_state.config, schema.users
-            user_state = self.connection.execute(
-                sa.select(sa.func.count(), sa.func.max(users.c.updated_at)).where(
-                    users.c.customer_id == self.target.customer_id
-                )
-            ).one()
+            config = self.run_state.config
             self._digester = Digester(
                 config.assets,
                 config.integrator,
                 self.target,
                 self.rules.default_site(self.connection, self.target),
-                tuple(user_state),
+                self.customer_state(schema.users),
             )
         return self._digester
 
