@@ -3,9 +3,6 @@ admin counters), and the client's pacing measured against it on loopback."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,6 +14,7 @@ import pytest
 import requests
 import structlog
 from click.testing import CliRunner
+from emulator_process import emulator_process
 from test_csp_sync import csp_config, secrets, sync  # noqa: F401 (a fixture)
 
 from halo_integrator_core.cli import cli
@@ -237,29 +235,11 @@ def test_the_emulator_command_refuses_a_budget_it_cannot_read():
 
 
 def test_the_emulator_command_serves_with_the_budget_given(tmp_path):
-    # fmt: off
-    process = subprocess.Popen(
-        [str(CLI), "emulator", "--port", "0", "--customers", "1", "--tenant-budget", "10/2",
-         "--state-dir", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "HALO_INTEGRATOR_CONFIG"},
-    )
-    # fmt: on
-    try:
-        snippet = ""
-        for line in process.stdout:
-            snippet += line
-            if line.startswith("# export HALO_EMULATOR_GDAP_SECRET="):
-                break
+    with emulator_process(tmp_path, "--customers", "1", "--tenant-budget", "10/2") as snippet:
         endpoints = structure(tomllib.loads(snippet)["endpoints"], EndpointSettings)
         base = endpoints.url("graph").rsplit("/graph", 1)[0]
         answer = requests.get(f"{base}/_admin/budget", verify=endpoints.verify, timeout=10)
         assert answer.json() == {"budget": {"requests": 10, "window_seconds": 2.0}, "tenants": {}}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
 
 
 @pytest.mark.parametrize("text", ["10", "0/2", "10/0", "x/y"])

@@ -77,6 +77,28 @@ def http_cache_file(state_dir: Path, connection_name: str) -> Path:
     return Path(state_dir) / TOKENS_FOLDER / f"{_safe(connection_name)}.http-cache"
 
 
+def write_private(path: Path, data: bytes, *, durable: bool) -> None:
+    """Replace ``path`` with ``data`` atomically, readable by its owner only (0600 in a
+    0700 folder): the token files under ``tokens/``. ``durable`` syncs it to disk first,
+    for what a crash must not lose (the Partner Center authorization)."""
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o600)  # mkstemp makes it 0600 already; say so for other platforms
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class _PrivateFile:
     """A file only its owner may read, rewritten whole from the state in memory.
 
@@ -118,21 +140,9 @@ class _PrivateFile:
             raise
 
     def _write(self, data: bytes) -> None:
-        folder = self.path.parent
         try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if folder.stat().st_mode & 0o077:
-                os.chmod(folder, 0o700)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
-            try:
-                os.chmod(tmp, 0o600)  # mkstemp makes it 0600 already; say so for other platforms
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                # No fsync: a file lost in a crash costs a token request, not a secret.
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # Not durable: a file lost in a crash costs a token request, not a secret.
+            write_private(self.path, data, durable=False)
         except OSError as exc:
             # A cache that cannot be written is a cache in memory only, not a failed sync.
             if not self._write_failed:

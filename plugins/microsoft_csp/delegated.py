@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 import warnings
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ import structlog
 from halo_integrator_core.config import EndpointSettings, ValueProblem
 from halo_integrator_core.http import HttpClient, MsalHttpClient
 
-from .auth import PARTNER_API_RESOURCE, PARTNER_CENTER_RESOURCE
+from .auth import PARTNER_API_RESOURCE, PARTNER_CENTER_RESOURCE, write_private
 from .errors import AADSTS, MicrosoftAuthError, token_error
 from .settings import Connection
 
@@ -330,21 +329,7 @@ class DelegatedTokens:
     def _save(self) -> None:
         if not self.cache.has_state_changed:
             return
-        folder = self.path.parent
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if folder.stat().st_mode & 0o077:
-            os.chmod(folder, 0o700)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            os.chmod(tmp, 0o600)  # mkstemp makes it 0600 already; say so for other platforms
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.cache.serialize())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(self.path, self.cache.serialize().encode("utf-8"), durable=True)
         stat = self.path.stat()
         self._stamp = (stat.st_mtime_ns, stat.st_size)
 
