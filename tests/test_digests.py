@@ -12,6 +12,7 @@ from halo_integrator_core import Licence
 from halo_integrator_core.config import load_config
 from halo_integrator_core.export import export_rows
 from halo_integrator_core.store import Store
+from halo_integrator_core.sync import engine as engine_module
 from halo_integrator_core.sync.assets import AssetRules
 from halo_integrator_core.sync.digest import Digester
 from halo_integrator_core.sync.engine import SyncEngine
@@ -53,6 +54,14 @@ def make_engine(store: Store, write_config, host_factory, world: FakeDirectory):
         return SyncEngine(store, config, host_factory(config, (world, "fake")))
 
     return build
+
+
+@pytest.fixture(params=["short batches", "listing batches"], autouse=True)
+def batches(request, monkeypatch) -> None:
+    """Both ways a unit reads its stored digests: per batch for the short batches of a
+    delta or a small tenant, once a unit for a listing's full ones (here of 2 records)."""
+    if request.param == "listing batches":
+        monkeypatch.setattr(engine_module, "BATCH_SIZE", 2)
 
 
 @pytest.fixture

@@ -922,20 +922,24 @@ class _EntityUnit:
     def unchanged_by_digest(self, digests: dict[str, str]) -> dict[str, int]:
         """Of the entities ``digests`` names (entity ID → digest of its record), those whose
         row was written from a record of that very digest: entity ID → row ID."""
-        if self._stored_digests is None:
-            # One query a unit, not one a batch: the tenant's digests as the unit began (a
-            # row the unit writes later goes the ordinary way, which finds it).
-            table = self.table
-            self._stored_digests = {
-                entity_id: (row_id, digest)
-                for entity_id, row_id, digest in self.connection.execute(
-                    sa.select(table.c.external_id, table.c.id, table.c.source_digest).where(
-                        table.c.tenant_ref == self.target.tenant_ref,
-                        table.c.source_digest.is_not(None),
-                    )
-                )
-            }
         stored = self._stored_digests
+        if stored is None:
+            table = self.table
+            select = sa.select(table.c.external_id, table.c.id, table.c.source_digest).where(
+                table.c.tenant_ref == self.target.tenant_ref, table.c.source_digest.is_not(None)
+            )
+            if len(digests) < BATCH_SIZE:
+                # A short batch (a delta's, a small tenant's): its own rows' digests, not
+                # the thousands of the tenant that a delta of a few changes would read.
+                select = select.where(table.c.external_id.in_(list(digests)))
+            rows = {
+                entity_id: (row_id, d) for entity_id, row_id, d in self.connection.execute(select)
+            }
+            if len(digests) >= BATCH_SIZE:
+                # A listing: one query a unit, not one a batch. The tenant's digests as the
+                # unit began (a row the unit writes later goes the ordinary way, which finds it).
+                self._stored_digests = rows
+            stored = rows
         return {
             entity_id: found[0]
             for entity_id, digest in digests.items()
@@ -1419,8 +1423,8 @@ def _find_site(connection: Connection, spec: str) -> SiteScope:
     )
 
 
-def _batched(items: Iterable[Any], size: int = BATCH_SIZE) -> Iterator[list[Any]]:
-    iterator = iter(items)
+def _batched(items: Iterable[Any], size: int | None = None) -> Iterator[list[Any]]:
+    iterator, size = iter(items), size or BATCH_SIZE
     while batch := list(itertools.islice(iterator, size)):
         yield batch
 
