@@ -21,6 +21,15 @@ from .app import Emulator
 from .world import World, generate
 
 
+#: Requests the login service answers at once. Entra ID answers a sync's token requests
+#: side by side (a cold start asks one per tenant, up to 64 at once): four threads made the
+#: emulator, not the sync, the limit with ``--latency-ms``.
+LOGIN_THREADS = 16
+
+#: Connections the listeners let wait to be accepted.
+LISTEN_BACKLOG = 128
+
+
 class EmulatorServer:
     """A running emulator: `start` it, read `base_url` and `ca_bundle`, `stop` it."""
 
@@ -58,7 +67,7 @@ class EmulatorServer:
         # The login service gets an origin of its own, so its paths start with the tenant
         # as Microsoft's do (MSAL reads the tenant from there).
         self._login = self._listener(
-            (host, login_port), _Prefixed(self.app, "/login"), 4, cert, key
+            (host, login_port), _Prefixed(self.app, "/login"), LOGIN_THREADS, cert, key
         )
         self._threads: list[threading.Thread] = []
 
@@ -66,7 +75,12 @@ class EmulatorServer:
     def _listener(
         bind: tuple[str, int], app: Any, threads: int, cert: Path, key: Path
     ) -> wsgi.Server:
-        server = wsgi.Server(bind, app, numthreads=threads, server_name="emulator")
+        # A listen backlog as a real service has: cheroot's default of 5 drops the SYNs of
+        # a sync's burst of connections (its tenants' token requests), which then wait out
+        # the kernel's one-second retransmission.
+        server = wsgi.Server(
+            bind, app, numthreads=threads, server_name="emulator", request_queue_size=LISTEN_BACKLOG
+        )
         server.ssl_adapter = BuiltinSSLAdapter(str(cert), str(key))
         # Stop in a few milliseconds rather than half a second.
         server.expiration_interval = 0.05
