@@ -15,6 +15,7 @@ SQL, the same processed values, the same column defaults for columns a row leave
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -99,26 +100,31 @@ class _Compiled:
         self.positional = compiled.positional
         self.names = list(names)
         self.columns = [source[name] for name in names]
+        processors = [
+            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in names
+        ]
+        #: All of a row's values at once, then the processor of each column that has one.
+        getter = operator.itemgetter(*self.columns)
+        self.values = getter if len(self.columns) > 1 else lambda row: (getter(row),)
         self.processors = [
-            _remembering(processor) if processor is not None else None
-            for processor in (
-                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-                for name in names
-            )
+            (index, _remembering(processor))
+            for index, processor in enumerate(processors)
+            if processor is not None
         ]
         self.defaults = defaults
 
     def execute(self, connection: Connection, rows: list[Mapping[str, Any]]) -> None:
-        plan = list(zip(self.columns, self.processors, strict=True))
-        defaults = self.defaults
+        values_of, processors, defaults = self.values, self.processors, self.defaults
         parameters: list[Any] = []
         for row in rows:
             if defaults:
                 row = {**{k: d() for k, d in defaults.items()}, **row}
-            values = [
-                row[column] if processor is None else processor(row[column])
-                for column, processor in plan
-            ]
+            values = values_of(row)
+            if processors:
+                values = list(values)
+                for index, process in processors:
+                    values[index] = process(values[index])
             parameters.append(
                 tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
             )
@@ -155,10 +161,18 @@ def _remembering(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
     # One (value, result) pair, replaced whole: statements are shared between threads.
     memo: list[tuple[Any, Any]] = [(_NOTHING, None)]
 
+    empty: dict[type, Any] = {}
+
     def process(value: Any) -> Any:
         seen, result = memo[0]
         if value is seen:
             return result
+        kind = type(value)
+        if (kind is dict or kind is list) and not value:
+            # An empty dict or list (a JSON column's usual value): processed once.
+            if kind not in empty:
+                empty[kind] = processor(kind())
+            return empty[kind]
         result = processor(value)
         # Only immutable values are safe to reuse by identity: a dict may change in between.
         if isinstance(value, _IMMUTABLE):
