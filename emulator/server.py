@@ -20,7 +20,6 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from .app import Emulator
 from .world import World, generate
 
-
 #: Requests the login service answers at once. Entra ID answers a sync's token requests
 #: side by side (a cold start asks one per tenant, up to 64 at once): four threads made the
 #: emulator, not the sync, the limit with ``--latency-ms``.
