@@ -213,6 +213,25 @@ def test_disconnect_removes_the_account_and_the_file(emulator, make_tokens):
     assert make_tokens().disconnect() is False  # nothing left to remove
 
 
+@pytest.mark.parametrize("damage", [b"{not json", b"[]", b"\xff\xfe", b'{"AccessToken": '], ids=str)
+def test_a_damaged_cache_file_is_set_aside_and_means_authorize_again(emulator, make_tokens, damage):
+    tokens = make_tokens()
+    authorize(emulator, tokens)
+    tokens.path.write_bytes(damage)
+    again = make_tokens()
+    assert again.status() == (False, None, None)  # no traceback: not authorized
+    aside = tokens.path.with_name("main.json.damaged")
+    assert aside.read_bytes() == damage and not tokens.path.exists()  # kept, for a look
+    with pytest.raises(NotAuthorized) as caught:
+        again.token()
+    message = str(caught.value)
+    assert f"damaged and was moved to {aside}" in message
+    assert "run `halo-integrator csp authorize main`" in message
+    # Signing in again writes a good file, and the damage is forgotten.
+    assert authorize(emulator, again).authorized
+    assert again.damaged is None and make_tokens().token()
+
+
 def test_a_refused_refresh_token_means_authorize_again(emulator, make_tokens):
     tokens = make_tokens()
     authorize(emulator, tokens)

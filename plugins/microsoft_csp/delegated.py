@@ -15,6 +15,8 @@ daemon runs) reads it again before its next token.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import threading
@@ -113,6 +115,8 @@ class DelegatedTokens:
         self._stamp: tuple[int, int] | None = None
         self._client: msal.ConfidentialClientApplication | None = None
         self._lock = threading.RLock()
+        #: Where a damaged cache file was moved (`_reload`), until a good one is read.
+        self.damaged: Path | None = None
 
     # -- the flow --------------------------------------------------------------------------
 
@@ -224,7 +228,11 @@ class DelegatedTokens:
             client = self._msal()
             accounts = client.get_accounts()
             if not accounts:
-                raise self._not_authorized("it has not been authorized yet, or was disconnected")
+                raise self._not_authorized(
+                    f"its token cache file was damaged and was moved to {self.damaged}"
+                    if self.damaged
+                    else "it has not been authorized yet, or was disconnected"
+                )
             result = client.acquire_token_silent_with_error(
                 [scope], account=accounts[0], force_refresh=force_refresh
             )
@@ -322,9 +330,35 @@ class DelegatedTokens:
         if stat.st_mode & 0o077:
             log.warning("csp.token_cache_permissions_fixed", path=str(self.path))
             os.chmod(self.path, 0o600)
+        try:
+            text = self.path.read_text(encoding="utf-8") or None
+            if text is not None and not isinstance(json.loads(text), dict):
+                raise ValueError("not a token cache (a JSON object)")
+        except ValueError as exc:  # not UTF-8, not JSON, or not a cache's JSON
+            self._set_aside(exc)
+            return
         # In place: the MSAL client holds this very cache object.
-        self.cache.deserialize(self.path.read_text(encoding="utf-8") or None)
+        self.cache.deserialize(text)
         self._stamp = stamp
+        self.damaged = None
+
+    def _set_aside(self, reason: ValueError) -> None:
+        """Move a damaged cache file out of the way (kept, for a look) and hold nothing:
+        the connection is not authorized until someone signs in again."""
+        aside = self.path.with_name(self.path.name + ".damaged")
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            os.replace(self.path, aside)
+        self.cache.deserialize(None)
+        self._stamp = None
+        self.damaged = aside
+        log.warning(
+            "csp.authorization_file_damaged",
+            connection=self.connection.name,
+            path=str(self.path),
+            moved_to=str(aside),
+            reason=str(reason),
+            fix=f"run `halo-integrator csp authorize {self.connection.name}`",
+        )
 
     def _save(self) -> None:
         if not self.cache.has_state_changed:
@@ -332,6 +366,7 @@ class DelegatedTokens:
         write_private(self.path, self.cache.serialize().encode("utf-8"), durable=True)
         stat = self.path.stat()
         self._stamp = (stat.st_mtime_ns, stat.st_size)
+        self.damaged = None
 
 
 def _aadsts(result: Mapping[str, Any]) -> int | None:
