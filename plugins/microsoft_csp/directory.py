@@ -234,29 +234,37 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
     clients = csp.clients(connection)
     partner = str(connection.tenant_id)
     resellers: dict[str, PartnerCenterCustomer] = {}
-    # The GDAP relationships (Graph) are read while Partner Center lists the customers: two
-    # services, two apps, neither waiting for the other's round trips.
-    with ThreadPoolExecutor(1, thread_name_prefix="halo-gdap") as pool:
-        gdap = pool.submit(contextvars.copy_context().run, _relationships_of, csp, clients, partner)
-        if connection.relationship_mode is RelationshipMode.GDAP_AND_DAP:
-            headers = clients.partner_center_headers()
-            with _explained("partner_center", partner, clients.partner_center.app_name):
-                pages = partner_center_pages(
-                    csp.http,
-                    csp.endpoints.url("partner_center"),
-                    "/v1/customers",
-                    params={"size": CUSTOMERS_PAGE},
-                    headers=headers,
-                )
-                for page in pages:
-                    for item in page.items:
-                        customer = translate(item, PartnerCenterCustomer)
-                        if isinstance(customer, RecordError):
-                            yield customer
-                        else:
-                            resellers[customer.company_profile.tenant_id.lower()] = customer
-        relationships, unreadable = gdap.result()
-    yield from unreadable
+    if connection.relationship_mode is RelationshipMode.GDAP_AND_DAP:
+        headers = clients.partner_center_headers()
+        with _explained("partner_center", partner, clients.partner_center.app_name):
+            pages = partner_center_pages(
+                csp.http,
+                csp.endpoints.url("partner_center"),
+                "/v1/customers",
+                params={"size": CUSTOMERS_PAGE},
+                headers=headers,
+            )
+            for page in pages:
+                for item in page.items:
+                    customer = translate(item, PartnerCenterCustomer)
+                    if isinstance(customer, RecordError):
+                        yield customer
+                    else:
+                        resellers[customer.company_profile.tenant_id.lower()] = customer
+
+    relationships: dict[str, list[DelegatedAdminRelationship]] = {}
+    headers = clients.partner_center.headers(partner, GRAPH_RESOURCE)
+    with _explained("graph", partner, clients.partner_center.app_name):
+        url = csp.url("graph", "/v1.0/tenantRelationships/delegatedAdminRelationships")
+        for page in odata_pages(csp.http, url, headers=headers):
+            for item in page.items:
+                relationship = translate(item, DelegatedAdminRelationship)
+                if isinstance(relationship, RecordError):
+                    yield relationship
+                else:
+                    relationships.setdefault(relationship.customer.tenant_id.lower(), []).append(
+                        relationship
+                    )
 
     tenant_ids = sorted(set(relationships) | set(resellers))
     refusals = _consent_checks(
@@ -271,28 +279,6 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
             relationships.get(tenant_id, []),
             refusals.get(tenant_id),
         )
-
-
-def _relationships_of(
-    csp: CspSession, clients: ConnectionClients, partner: str
-) -> tuple[dict[str, list[DelegatedAdminRelationship]], list[RecordError]]:
-    """The partner's GDAP relationships by customer tenant, and the ones that could not be
-    read (as the errors to report)."""
-    relationships: dict[str, list[DelegatedAdminRelationship]] = {}
-    unreadable: list[RecordError] = []
-    headers = clients.partner_center.headers(partner, GRAPH_RESOURCE)
-    with _explained("graph", partner, clients.partner_center.app_name):
-        url = csp.url("graph", "/v1.0/tenantRelationships/delegatedAdminRelationships")
-        for page in odata_pages(csp.http, url, headers=headers):
-            for item in page.items:
-                relationship = translate(item, DelegatedAdminRelationship)
-                if isinstance(relationship, RecordError):
-                    unreadable.append(relationship)
-                else:
-                    relationships.setdefault(relationship.customer.tenant_id.lower(), []).append(
-                        relationship
-                    )
-    return relationships, unreadable
 
 
 def _active(relationships: list[DelegatedAdminRelationship]) -> list[DelegatedAdminRelationship]:
