@@ -19,7 +19,12 @@ import requests
 from halo_integrator_core.config import EndpointSettings, Guid, HttpsUrl, SecretRef
 from halo_integrator_core.http import HttpClient
 from halo_microsoft_csp import errors as csp_errors
-from halo_microsoft_csp.auth import PARTNER_API_RESOURCE, PARTNER_CENTER_RESOURCE
+from halo_microsoft_csp.auth import (
+    PARTNER_API_RESOURCE,
+    PARTNER_CENTER_RESOURCE,
+    HttpCache,
+    http_cache_file,
+)
 from halo_microsoft_csp.delegated import (
     PARTNER_CENTER_SCOPE,
     AuthorizationFailed,
@@ -230,6 +235,27 @@ def test_a_damaged_cache_file_is_set_aside_and_means_authorize_again(emulator, m
     # Signing in again writes a good file, and the damage is forgotten.
     assert authorize(emulator, again).authorized
     assert again.damaged is None and make_tokens().token()
+
+
+def test_the_partner_tenants_discovery_is_kept_for_the_runs_after_authorize(
+    emulator, connection, endpoints, http, tmp_path
+):
+    def discoveries() -> int:
+        return sum(
+            1 for method, path, _ in emulator.app.requests if path.endswith("openid-configuration")
+        )
+
+    def kept() -> DelegatedTokens:  # a process of its own, reading the connection's cache
+        cache = HttpCache(http_cache_file(tmp_path, "main"))
+        return DelegatedTokens(connection, endpoints, http, tmp_path, http_cache=cache)
+
+    authorize(emulator, kept())
+    before = discoveries()
+    expire_cached_access_tokens(cache_file(tmp_path, "main"))
+    assert kept().token()  # refreshed: a token request, no discovery
+    assert discoveries() == before
+    DelegatedTokens(connection, endpoints, http, tmp_path).token()  # without the cache
+    assert discoveries() == before + 1
 
 
 def test_a_refused_refresh_token_means_authorize_again(emulator, make_tokens):

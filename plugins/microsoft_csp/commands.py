@@ -295,7 +295,14 @@ def authorize(connection_name: str, redirect_uri: str, no_browser: bool, timeout
                 module=MODULE, connection=connection.name, tenant=str(connection.tenant_id)
             ),
         ):
-            tokens = DelegatedTokens(connection, config.endpoints, http, config.directory)
+            # The partner tenant's OpenID configuration stays for the syncs that follow.
+            tokens = DelegatedTokens(
+                connection,
+                config.endpoints,
+                http,
+                config.directory,
+                http_cache=HttpCache(http_cache_file(config.directory, connection.name)),
+            )
             status = run_authorization(
                 tokens,
                 redirect_uri,

@@ -33,7 +33,7 @@ import structlog
 from halo_integrator_core.config import EndpointSettings, ValueProblem
 from halo_integrator_core.http import HttpClient, MsalHttpClient
 
-from .auth import PARTNER_API_RESOURCE, PARTNER_CENTER_RESOURCE, write_private
+from .auth import PARTNER_API_RESOURCE, PARTNER_CENTER_RESOURCE, HttpCache, write_private
 from .errors import AADSTS, MicrosoftAuthError, token_error
 from .settings import Connection
 
@@ -100,8 +100,14 @@ class DelegatedTokens:
         endpoints: EndpointSettings,
         http: HttpClient,
         state_dir: Path,
+        *,
+        http_cache: HttpCache | None = None,
     ) -> None:
         self.connection = connection
+        #: Where MSAL keeps the partner tenant's OpenID configuration between runs (the
+        #: connection's `auth.HttpCache`, shared with its apps' clients); without it every
+        #: process asks the login service for it again.
+        self.http_cache = http_cache
         self.endpoints = endpoints
         self.http = http
         self.path = cache_file(state_dir, connection.name)
@@ -295,7 +301,14 @@ class DelegatedTokens:
                     instance_discovery=False,
                     http_client=MsalHttpClient(self.http),
                     token_cache=self.cache,
+                    http_cache=(
+                        self.http_cache.partition(f"{self.client_id} {self.tenant_id} delegated")
+                        if self.http_cache
+                        else None
+                    ),
                 )
+                if self.http_cache:
+                    self.http_cache.save()
             except ValueError as exc:  # MSAL could not discover the tenant's endpoints
                 raise token_error(
                     {"error": "invalid_tenant", "error_description": str(exc)},

@@ -93,12 +93,6 @@ class ConnectionClients:
         keep_app_tokens: bool = True,
     ) -> None:
         self.connection = connection
-        self.delegated = (
-            DelegatedTokens(connection, context.endpoints, http, context.state_dir)
-            if context.endpoints is not None and context.state_dir is not None
-            else None
-        )
-        self._authorized: bool | None = None
         login = (
             context.endpoints.url("login")
             if context.endpoints
@@ -107,6 +101,14 @@ class ConnectionClients:
         pc, gdap = connection.partner_center_app, connection.gdap_app
         state_dir = context.state_dir if keep_app_tokens else None
         http_cache = HttpCache(http_cache_file(state_dir, connection.name)) if state_dir else None
+        self.delegated = (
+            DelegatedTokens(
+                connection, context.endpoints, http, context.state_dir, http_cache=http_cache
+            )
+            if context.endpoints is not None and context.state_dir is not None
+            else None
+        )
+        self._authorized: bool | None = None
 
         def token_cache(app: str) -> AppTokenCache | None:
             if state_dir is None:
