@@ -13,7 +13,7 @@ from fakes import MODULE, TENANT_B, FakeDirectory
 from halo_integrator_core.config import load_config
 from halo_integrator_core.logging import REDACTED, configure_logging, redact_processor
 from halo_integrator_core.store import Store
-from halo_integrator_core.sync.engine import SyncEngine
+from halo_integrator_core.sync.engine import Problem, RunResult, SyncEngine
 
 
 @pytest.fixture
@@ -112,3 +112,23 @@ def test_every_event_of_a_sync_carries_module_connection_and_tenant(
 def test_an_unknown_level_is_refused():
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         configure_logging(format="json", level="loud", stream=io.StringIO())
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_a_record_a_rule_leaves_out_is_one_line_only_in_debug(tmp_path, level):
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(format="json", level=level, stream=stream)
+    try:
+        result = RunResult(module=MODULE, run_id=1, dry_run=False)
+        result.add_problem(Problem("users", TENANT_B, "u-9", "skipped", "a guest: not imported"))
+        result.add_problem(Problem("users", TENANT_B, None, "warning", "a mapping is broken"))
+    finally:
+        root.handlers[:], root_level = saved
+        root.setLevel(root_level)
+        structlog.reset_defaults()
+    logged = [(e["event"], e.get("entity_id")) for e in events(stream)]
+    skipped = [("sync.record_skipped", "u-9")] if level == "debug" else []
+    assert logged == [*skipped, ("sync.record_warning", None)]
+    assert result.problem_total == 2 and len(result.problems) == 2  # kept either way

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -135,7 +136,10 @@ class RunResult:
                 self.problems.append(problem)
         if problem.outcome == "skipped" and problem.entity_id is not None:
             # One record a rule leaves out (a guest no mapping takes, say): thousands a run
-            # at some MSPs. They are counted, kept and summed up; one line each only in debug.
+            # at some MSPs. They are counted, kept and summed up; one line each only in debug
+            # (asked first: structlog builds the event before the level drops it).
+            if not logging.getLogger(__name__).isEnabledFor(logging.DEBUG):
+                return
             logger = log.debug
         else:
             logger = {"failed": log.error, "warning": log.warning}.get(problem.outcome, log.info)
