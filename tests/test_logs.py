@@ -168,6 +168,22 @@ def test_prune_deletes_what_is_older_than_the_retention(store, monkeypatch):
         prune_request_log(store, -1)
 
 
+def test_prune_forgets_webhook_event_ids_as_old_as_the_entries(store):
+    events = schema.webhook_events
+    with store.unit() as connection:
+        for event_id, age in (("old", 31), ("older", 90), ("recent", 29), ("new", 0)):
+            connection.execute(
+                sa.insert(events).values(
+                    module="microsoft_csp", event_id=event_id, received_at=NOW - timedelta(days=age)
+                )
+            )
+    prune_request_log(store, 0)  # 0 keeps everything, the event IDs too
+    prune_request_log(store, 30, now=NOW)
+    with store.read() as connection:
+        left = connection.execute(sa.select(events.c.event_id)).scalars().all()
+    assert sorted(left) == ["new", "recent"]
+
+
 # -- the command line ------------------------------------------------------------------------
 
 

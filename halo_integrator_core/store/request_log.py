@@ -13,11 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+import structlog
 
 from ..http import HttpClient, RequestLogEntry
 from ..logging import redact_text
 from ..pacing import Pacer
 from . import Store, schema
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -216,7 +219,8 @@ def count_request_log_before(store: Store, cutoff: datetime) -> int:
 
 
 def prune_request_log(store: Store, older_than_days: int, *, now: datetime | None = None) -> int:
-    """Delete the entries older than ``older_than_days`` days; how many were deleted.
+    """Delete the entries older than ``older_than_days`` days, and the webhook event IDs
+    remembered as long; how many entries were deleted.
 
     ``0`` keeps everything (as ``[logging] request_log_retention_days = 0`` means) and
     deletes nothing. Deletes in batches, each its own unit of work, so a daemon's syncs are
@@ -235,7 +239,18 @@ def prune_request_log(store: Store, older_than_days: int, *, now: datetime | Non
             deleted = connection.execute(sa.delete(t).where(t.c.id.in_(batch))).rowcount
         removed += deleted
         if deleted < PRUNE_BATCH:
-            return removed
+            break
+    # A webhook's event ID is remembered (to answer a repeated delivery without acting on
+    # it again) as long as the log entry of its delivery; a sender retries for hours, not
+    # for the weeks of a retention.
+    events = schema.webhook_events
+    with store.unit() as connection:
+        forgotten = connection.execute(
+            sa.delete(events).where(events.c.received_at < cutoff)
+        ).rowcount
+    if forgotten:
+        log.info("webhook_events.pruned", removed=forgotten, older_than_days=older_than_days)
+    return removed
 
 
 class RunClients:
