@@ -40,6 +40,7 @@ from halo_integrator_core.web import (
     ENVIRON_CSRF_TOKEN,
     ENVIRON_STORE,
     ServerError,
+    SignInThrottle,
     make_app,
     read_body,
     serve,
@@ -309,6 +310,52 @@ def test_the_admin_page_asks_for_the_credential(build):
         assert_secured(answer)
     root = client.get("/")
     assert root.status_code == 302 and root.headers["Location"] == "/admin"
+
+
+def test_failed_sign_ins_from_one_address_are_answered_429_for_a_while(build):
+    app, client = build()
+    now = [1000.0]
+    app.sign_ins = SignInThrottle(failures=3, window=600, clock=lambda: now[0])
+    guesser = {"REMOTE_ADDR": "203.0.113.9"}
+    for _ in range(3):
+        assert (
+            client.get("/admin", headers=basic(password="guess"), environ_base=guesser).status_code
+            == 401
+        )
+    # Past the limit, even the right password waits: the guesser learns nothing more.
+    held = client.get("/admin", headers=basic(), environ_base=guesser)
+    assert held.status_code == 429 and held.headers["Retry-After"] == "600"
+    assert "try again in about 10 minutes" in held.get_data(as_text=True)
+    assert_secured(held)
+    # Another address, and a browser's first request (no credential), are not held.
+    other = {"REMOTE_ADDR": "198.51.100.7"}
+    assert client.get("/admin", headers=basic(), environ_base=other).status_code == 200
+    now[0] += 300
+    assert (
+        client.get("/admin", headers=basic(), environ_base=guesser).headers["Retry-After"] == "300"
+    )
+    now[0] += 301  # the oldest failure is out of the window
+    assert client.get("/admin", headers=basic(), environ_base=guesser).status_code == 200
+    # A good sign-in clears the address's failures.
+    for _ in range(2):
+        client.get("/admin", headers=basic(password="typo"), environ_base=guesser)
+    assert client.get("/admin", headers=basic(), environ_base=guesser).status_code == 200
+    for _ in range(2):
+        client.get("/admin", headers=basic(password="typo"), environ_base=guesser)
+    assert client.get("/admin", headers=basic(), environ_base=guesser).status_code == 200
+
+
+def test_the_sign_in_throttle_forgets_quiet_addresses_past_its_size():
+    now = [0.0]
+    throttle = SignInThrottle(failures=2, window=60, clock=lambda: now[0])
+    throttle.MAX_ADDRESSES = 3
+    for address in ("a", "b", "c"):
+        throttle.failed(address)
+    now[0] += 61
+    throttle.failed("d")  # a, b and c are quiet: dropped to make room
+    assert set(throttle._failed) == {"d"}
+    throttle.failed("d")
+    assert throttle.wait("d") == 60
 
 
 def test_the_admin_page_shows_runs_failures_and_tenants_escaped(build, store):

@@ -11,11 +11,13 @@ headers, and none may be cached.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import io
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -64,6 +66,63 @@ _ADMIN_OFF = (
 )
 
 
+#: Failed admin sign-ins one address may make within `SIGN_IN_WINDOW` seconds; past them it
+#: is answered 429 until the oldest of them is that old, whatever it sends.
+SIGN_IN_FAILURES = 10
+SIGN_IN_WINDOW = 15 * 60.0
+
+
+class SignInThrottle:
+    """Failed admin sign-ins by remote address, over a sliding window: what stops the
+    password being guessed at the speed of the server."""
+
+    #: Addresses remembered at most; past this, those without a recent failure are dropped.
+    MAX_ADDRESSES = 4096
+
+    def __init__(
+        self,
+        failures: int = SIGN_IN_FAILURES,
+        window: float = SIGN_IN_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failures = failures
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failed: dict[str, collections.deque[float]] = {}
+
+    def wait(self, address: str) -> float:
+        """Seconds ``address`` must wait before it may try again (0: it may now)."""
+        with self._lock:
+            times = self._recent(address, self._clock())
+            if len(times) < self.failures:
+                return 0.0
+            return max(0.0, times[0] + self.window - self._clock())
+
+    def failed(self, address: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if address not in self._failed and len(self._failed) >= self.MAX_ADDRESSES:
+                for other in list(self._failed):
+                    self._recent(other, now)  # drops an address with no recent failure
+            self._failed.setdefault(address, collections.deque()).append(now)
+            self._recent(address, now)
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failed.pop(address, None)
+
+    def _recent(self, address: str, now: float) -> collections.deque[float]:
+        times = self._failed.get(address, collections.deque())
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        while len(times) > self.failures:
+            times.popleft()
+        if not times:
+            self._failed.pop(address, None)
+        return times
+
+
 class Health(Protocol):
     """The scheduler's state, as ``/healthz`` and the admin page show it."""
 
@@ -109,6 +168,7 @@ class WebApp:
         )
         # Per process: a restart invalidates the forms of pages open in a browser.
         self._csrf_key = secrets.token_bytes(32)
+        self.sign_ins = SignInThrottle()
         self.active = host.active_modules()
         self.modules = tuple(sorted(self.active))
         self.routes = self._collect_routes(self.active)
@@ -338,15 +398,33 @@ class WebApp:
                 status=403,
             )
         given = request.authorization
+        address = request.remote_addr or "unknown"
+        wait = self.sign_ins.wait(address)
+        if wait > 0:
+            log.warning("web.admin_sign_in_throttled", path=request.path, remote_addr=address)
+            minutes = max(1, round(wait / 60))
+            answer = message_page(
+                "Too many failed sign-ins",
+                f"{self.sign_ins.failures} failed admin sign-ins from this address within "
+                f"{round(self.sign_ins.window / 60)} minutes: try again in about {minutes} "
+                f"minute{'s' if minutes != 1 else ''}, with the admin user and password of "
+                "the config ([server] admin_user and admin_password).",
+                status=429,
+            )
+            answer.headers["Retry-After"] = str(max(1, round(wait)))
+            return answer
         user = given.username if given is not None and given.type == "basic" else None
         secret = given.password if given is not None and given.type == "basic" else None
         # Both compared, always, in constant time.
         user_ok = hmac.compare_digest((user or "").encode(), server.admin_user.encode())
         password_ok = hmac.compare_digest((secret or "").encode(), password.encode())
         if user is not None and secret is not None and user_ok and password_ok:
+            self.sign_ins.succeeded(address)
             return None
         if given is not None:
-            log.warning("web.admin_refused", path=request.path, remote_addr=request.remote_addr)
+            # A credential sent and refused (not a browser's first request, which sends none).
+            self.sign_ins.failed(address)
+            log.warning("web.admin_refused", path=request.path, remote_addr=address)
         answer = message_page(
             "Sign in",
             "The admin pages need the admin user and password ([server] admin_user and "
