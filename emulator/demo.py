@@ -99,7 +99,6 @@ def authorize_through_emulator(config: Config, server: EmulatorServer) -> str:
     signed-in user.
     """
     from halo_integrator_core.config import structure_module_settings
-    from halo_microsoft_csp.auth import HttpCache, http_cache_file
     from halo_microsoft_csp.delegated import DelegatedTokens
     from halo_microsoft_csp.settings import MicrosoftCspSettings
 
@@ -108,13 +107,9 @@ def authorize_through_emulator(config: Config, server: EmulatorServer) -> str:
     )
     [connection] = settings.connections
     with HttpClient(verify=config.endpoints.verify) as http:
-        # As `csp authorize` does: the partner's OpenID configuration kept for the syncs.
-        tokens = DelegatedTokens(
-            connection,
-            config.endpoints,
-            http,
-            config.directory,
-            http_cache=HttpCache(http_cache_file(config.directory, connection.name)),
+        # As `csp authorize` signs in: the partner's OpenID configuration kept for the syncs.
+        tokens = DelegatedTokens.keeping_discovery(
+            connection, config.endpoints, http, config.directory
         )
         flow = tokens.begin(REDIRECT_URI)
         answer = http.get(flow["auth_uri"], allow_redirects=False)

@@ -22,8 +22,6 @@ from halo_microsoft_csp import errors as csp_errors
 from halo_microsoft_csp.auth import (
     PARTNER_API_RESOURCE,
     PARTNER_CENTER_RESOURCE,
-    HttpCache,
-    http_cache_file,
 )
 from halo_microsoft_csp.delegated import (
     PARTNER_CENTER_SCOPE,
@@ -246,8 +244,7 @@ def test_the_partner_tenants_discovery_is_kept_for_the_runs_after_authorize(
         )
 
     def kept() -> DelegatedTokens:  # a process of its own, reading the connection's cache
-        cache = HttpCache(http_cache_file(tmp_path, "main"))
-        return DelegatedTokens(connection, endpoints, http, tmp_path, http_cache=cache)
+        return DelegatedTokens.keeping_discovery(connection, endpoints, http, tmp_path)
 
     authorize(emulator, kept())
     before = discoveries()

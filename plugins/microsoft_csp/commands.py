@@ -295,13 +295,8 @@ def authorize(connection_name: str, redirect_uri: str, no_browser: bool, timeout
                 module=MODULE, connection=connection.name, tenant=str(connection.tenant_id)
             ),
         ):
-            # The partner tenant's OpenID configuration stays for the syncs that follow.
-            tokens = DelegatedTokens(
-                connection,
-                config.endpoints,
-                http,
-                config.directory,
-                http_cache=HttpCache(http_cache_file(config.directory, connection.name)),
+            tokens = DelegatedTokens.keeping_discovery(
+                connection, config.endpoints, http, config.directory
             )
             status = run_authorization(
                 tokens,

@@ -33,7 +33,13 @@ import structlog
 from halo_integrator_core.config import EndpointSettings, ValueProblem
 from halo_integrator_core.http import HttpClient, MsalHttpClient
 
-from .auth import PARTNER_API_RESOURCE, PARTNER_CENTER_RESOURCE, HttpCache, write_private
+from .auth import (
+    PARTNER_API_RESOURCE,
+    PARTNER_CENTER_RESOURCE,
+    HttpCache,
+    http_cache_file,
+    write_private,
+)
 from .errors import AADSTS, MicrosoftAuthError, token_error
 from .settings import Connection
 
@@ -123,6 +129,16 @@ class DelegatedTokens:
         self._lock = threading.RLock()
         #: Where a damaged cache file was moved (`_reload`), until a good one is read.
         self.damaged: Path | None = None
+
+    @classmethod
+    def keeping_discovery(
+        cls, connection: Connection, endpoints: EndpointSettings, http: HttpClient, state_dir: Path
+    ) -> DelegatedTokens:
+        """Tokens of a sign-in (`csp authorize`) that leave the partner tenant's OpenID
+        configuration in the connection's ``tokens/<connection>.http-cache`` for the runs
+        that follow."""
+        cache = HttpCache(http_cache_file(state_dir, connection.name))
+        return cls(connection, endpoints, http, state_dir, http_cache=cache)
 
     # -- the flow --------------------------------------------------------------------------
 
