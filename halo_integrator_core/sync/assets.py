@@ -35,7 +35,7 @@ from ..config import (
 )
 from ..models import AssetQuery, ManagedDevice
 from ..store import schema, utcnow
-from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, text_value, utc
+from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, record_getter, text_value, utc
 
 #: Intune properties every `ManagedDevice` carries in a field of its own.
 STANDARD_PROPERTIES: Mapping[str, str] = {
@@ -84,10 +84,7 @@ def device_value(device: ManagedDevice, name: str) -> Any:
 def device_getter(name: str) -> Callable[[ManagedDevice], Any]:
     """`device_value` of ``name`` as a function of the device: rules resolve the names they
     read once, not for every device."""
-    field = STANDARD_PROPERTIES.get(name)
-    if field is not None:
-        return attrgetter(field)
-    return lambda device: device.attributes.get(name)
+    return record_getter(STANDARD_PROPERTIES, name)
 
 
 def _date(value: Any) -> datetime | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -99,6 +100,16 @@ class SiteFinder:
                 site_id = _insert_site(connection, customer_id, name, is_main=False)
             self._ids[key] = site_id
         return self._ids[key]
+
+
+def record_getter(standard: Mapping[str, str], name: str) -> Callable[[Any], Any]:
+    """The value of property ``name`` of a record as a function of the record: the record's
+    field when ``standard`` maps the name to one, else its ``attributes`` entry. Rules
+    resolve the names they read once, not for every record."""
+    field = standard.get(name)
+    if field is not None:
+        return attrgetter(field)
+    return lambda record: record.attributes.get(name)
 
 
 def text_value(value: Any) -> str | None:

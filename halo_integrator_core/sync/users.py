@@ -12,7 +12,6 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -31,7 +30,15 @@ from ..config import (
 )
 from ..models import DirectoryUser, UserQuery
 from ..store import schema
-from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, text_value, utc
+from .mapping import (
+    MAIN_SITE,
+    SiteFinder,
+    TenantTarget,
+    _json_safe,
+    record_getter,
+    text_value,
+    utc,
+)
 
 #: Directory properties every `DirectoryUser` carries in a field of its own.
 STANDARD_PROPERTIES: Mapping[str, str] = {
@@ -66,10 +73,7 @@ def property_value(user: DirectoryUser, name: str) -> Any:
 def property_getter(name: str) -> Callable[[DirectoryUser], Any]:
     """`property_value` of ``name`` as a function of the user: rules resolve the names they
     read once, not for every user."""
-    field = STANDARD_PROPERTIES.get(name)
-    if field is not None:
-        return attrgetter(field)
-    return lambda user: user.attributes.get(name)
+    return record_getter(STANDARD_PROPERTIES, name)
 
 
 def _texts(value: Any) -> list[str]:
