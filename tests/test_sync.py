@@ -280,6 +280,23 @@ def test_do_not_import_keeps_a_tenant_out(store, make_engine, world):
     assert [c["name"] for c in rows(store, "customers")] == ["Fabrikam Inc"]
 
 
+def test_a_changed_tenant_mapping_is_written_to_the_stored_tenant(store, make_engine, world):
+    # The stored tenant is written only when its mapping changes it: both ways here.
+    make_engine().run()
+    [tenant] = rows(store, "tenants", tenant_id=TENANT_A)
+    assert (tenant["do_not_import"], tenant["customer"]) == (False, "Contoso")
+    excluded = MAPPED.replace(
+        "[modules.",
+        f'[[tenant_mappings]]\ntenant_id = "{TENANT_A}"\ndo_not_import = true\n\n[modules.',
+    )
+    make_engine(excluded).run()
+    [tenant] = rows(store, "tenants", tenant_id=TENANT_A)
+    assert (tenant["do_not_import"], tenant["customer"]) == (True, None)
+    make_engine().run()
+    [tenant] = rows(store, "tenants", tenant_id=TENANT_A)
+    assert (tenant["do_not_import"], tenant["customer"]) == (False, "Contoso")
+
+
 def test_a_tenant_gone_from_the_listing_is_deactivated_and_not_synced(store, make_engine, world):
     engine = make_engine()
     engine.run()

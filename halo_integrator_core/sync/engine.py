@@ -633,7 +633,14 @@ class _ModuleRun:
                     tenant = attrs.evolve(
                         tenant, attributes={**tenant.attributes, "mapping": overrides}
                     )
-                target = resolve_tenant(connection, self.config, self.module, row.id, tenant)
+                target = resolve_tenant(
+                    connection,
+                    self.config,
+                    self.module,
+                    row.id,
+                    tenant,
+                    stored=(row.customer_id, bool(row.do_not_import)),
+                )
                 if self.scope.site and target.customer_id != self.scope.site.customer_id:
                     continue  # not a tenant of the site's customer
                 if target.importable:

@@ -165,9 +165,18 @@ def apply_config_mappings(connection: Connection, config: Config) -> None:
 
 
 def resolve_tenant(
-    connection: Connection, config: Config, module: str, tenant_ref: int, tenant: Tenant
+    connection: Connection,
+    config: Config,
+    module: str,
+    tenant_ref: int,
+    tenant: Tenant,
+    *,
+    stored: tuple[int | None, bool] | None = None,
 ) -> TenantTarget:
-    """Apply the tenant mappings to one stored tenant, creating a customer if configured."""
+    """Apply the tenant mappings to one stored tenant, creating a customer if configured.
+
+    ``stored``: the tenant row's customer ID and do-not-import flag as read, when the caller
+    has them: the row is then written only if the mapping changed them."""
     table = schema.tenant_mappings
     rows = connection.execute(
         sa.select(table).where(
@@ -202,11 +211,12 @@ def resolve_tenant(
                 schema.sites.c.customer_id == customer_id, schema.sites.c.is_main.is_(True)
             )
         ).scalar_one_or_none()
-    connection.execute(
-        sa.update(schema.tenants)
-        .where(schema.tenants.c.id == tenant_ref)
-        .values(customer_id=customer_id, do_not_import=do_not_import)
-    )
+    if stored != (customer_id, do_not_import):
+        connection.execute(
+            sa.update(schema.tenants)
+            .where(schema.tenants.c.id == tenant_ref)
+            .values(customer_id=customer_id, do_not_import=do_not_import)
+        )
     return TenantTarget(tenant_ref, tenant, customer_id, main_site_id, do_not_import)
 
 
