@@ -157,6 +157,19 @@ def fetch_prices(
 
 
 @hookspec
+def run_finished(context: ModuleContext) -> None:
+    """The module's run is over: put on disk what the plugin keeps between runs.
+
+    Called once after each run of the module (a sync, a usage import, a price import), once
+    its results are stored, whether it succeeded, completed with errors or failed, dry runs
+    included (``context.dry_run``). A plugin that defers writes for speed (the Microsoft CSP
+    module writes its token files at most every few seconds) writes them here, so that the
+    next run, in this process or another, finds them. An exception is logged and changes
+    nothing of the run's outcome. Must be quick: the next run may be waiting.
+    """
+
+
+@hookspec
 def check_config(context: ModuleContext) -> Iterable[str]:
     """Say what in the configuration keeps this module from working, beyond the types of
     its own settings (which the host has checked already).

@@ -21,7 +21,7 @@ from halo_integrator_core import ModuleContext
 from halo_integrator_core.config import EndpointSettings, IntegratorSettings, SecretRef
 from halo_integrator_core.errors import HttpError
 from halo_integrator_core.http import HttpClient
-from halo_microsoft_csp import directory
+from halo_microsoft_csp import auth, directory
 from halo_microsoft_csp.auth import (
     GRAPH_RESOURCE,
     PARTNER_CENTER_RESOURCE,
@@ -52,7 +52,9 @@ def consented(emulator) -> list[str]:
 
 
 def run(emulator, http, state_dir: Path, *, login: str | None = None) -> AppTokens:
-    """The GDAP app's tokens as one sync run builds them over ``state_dir``."""
+    """The GDAP app's tokens as one sync run builds them over ``state_dir``, the run before
+    it having ended (its waiting writes done, as the module's ``run_finished`` does)."""
+    auth.flush_all()
     app = next(iter(emulator.world.partners.values())).gdap_app
     authority = emulator.endpoints()["login"]
     return AppTokens(
@@ -367,3 +369,46 @@ def test_without_a_state_folder_nothing_is_written(emulator, http, partner, cons
     assert tokens.token(consented[0], GRAPH_RESOURCE) != first
     assert counts(emulator) == (2, 1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tokens_coming_fast_are_written_once_an_interval_and_at_the_run_end(
+    emulator, http, partner, consented, tmp_path, monkeypatch
+):
+    # A cold start of many tenants rewrote the whole file for each new token.
+    writes = []
+    real_write = auth.write_private
+    monkeypatch.setattr(
+        auth,
+        "write_private",
+        lambda path, data, **kw: (writes.append(path), real_write(path, data, **kw)),
+    )
+    monkeypatch.setattr(auth, "SAVE_INTERVAL", 60.0)
+    path = app_cache_file(tmp_path, "main", "gdap")
+
+    def kept() -> int:
+        return len(json.loads(path.read_text(encoding="utf-8"))["msal"]["AccessToken"])
+
+    tenants = [*consented, partner.tenant_id]
+    tokens = run(emulator, http, tmp_path)
+    for tenant in tenants:
+        tokens.token(tenant, GRAPH_RESOURCE)
+    assert writes.count(path) == 1 and kept() == 1  # the first at once, the rest wait
+    auth.flush_all()  # the run ends
+    assert writes.count(path) == 2 and kept() == len(tenants) == 3
+    auth.flush_all()  # nothing waits: nothing is written
+    assert writes.count(path) == 2
+
+    # Without a run end, the interval's end writes what waits.
+    monkeypatch.setattr(auth, "SAVE_INTERVAL", 1.0)
+    tokens = run(emulator, http, tmp_path)
+    before = writes.count(path)
+    tokens.forget(consented[0])  # written at once
+    new = tokens.token(consented[0], GRAPH_RESOURCE)  # waits, as do the next two
+    tokens.forget(consented[1])
+    tokens.token(consented[1], GRAPH_RESOURCE)
+    assert writes.count(path) == before + 1
+    deadline = time.monotonic() + 5
+    while writes.count(path) == before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writes.count(path) == before + 2
+    assert new in path.read_text(encoding="utf-8")

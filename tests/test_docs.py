@@ -40,6 +40,7 @@ def test_the_hook_contract_is_what_we_think_it_is():
                 "fetch_users",
                 "on_webhook",
                 "register_commands",
+                "run_finished",
                 "web_routes",
             ]
         )

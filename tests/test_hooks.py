@@ -10,6 +10,7 @@ import attrs
 import pytest
 import sqlalchemy as sa
 from fakes import MODULE, SKU_E3, TENANT_A, FakeDirectory
+from structlog.testing import capture_logs
 
 from halo_integrator_core import (
     ModuleContext,
@@ -50,6 +51,9 @@ class BillingProbe:
 
     def __init__(self) -> None:
         self.contexts: list[ModuleContext] = []
+        #: What each `run_finished` saw: called with the context, its answer recorded.
+        self.finished: list[Any] = []
+        self.on_finished: Any = lambda context: context.module
 
     @hookimpl
     def declare_modules(self) -> list[ModuleSpec]:
@@ -80,6 +84,10 @@ class BillingProbe:
             currency="GBP",
             unit_price=Decimal("9.90"),
         )
+
+    @hookimpl
+    def run_finished(self, context: ModuleContext) -> None:
+        self.finished.append(self.on_finished(context))
 
     @hookimpl
     def on_webhook(self, context: ModuleContext, event: WebhookEvent) -> WebhookOutcome | None:
@@ -205,6 +213,36 @@ def test_hook_fetch_prices_is_called_with_the_market(setup):
         Decimal("9.90"),
         "Monthly",
     )
+
+
+def test_hook_run_finished_follows_each_run_once_its_results_are_stored(setup):
+    config, host, _, probe, store = setup
+
+    def run_row(context: ModuleContext) -> tuple[str, bool, Any]:
+        with store.read() as connection:
+            row = connection.execute(
+                sa.select(schema.sync_runs).order_by(schema.sync_runs.c.id.desc())
+            ).first()
+        return (context.module, context.dry_run, row.finished_at is not None)
+
+    probe.on_finished = run_row
+    sync(setup)  # the fake directory's plugin has no run_finished: only its own is called
+    assert probe.finished == []
+    [result] = SyncEngine(store, config, host).run(module="billing_probe")
+    assert probe.finished == [("billing_probe", False, True)]
+    SyncEngine(store, config, host).run(module="billing_probe", dry_run=True)
+    assert probe.finished[-1][:2] == ("billing_probe", True)
+
+    def broken(context: ModuleContext) -> None:
+        raise RuntimeError("disk full")
+
+    probe.on_finished = broken
+    with capture_logs() as logs:
+        [again] = SyncEngine(store, config, host).run(module="billing_probe")
+    assert again.outcome == result.outcome
+    assert [e["module"] for e in logs if e["event"] == "sync.run_finished_failed"] == [
+        "billing_probe"
+    ]
 
 
 def _event(module: str, body: bytes = b"{}", signature: str = "good") -> WebhookEvent:

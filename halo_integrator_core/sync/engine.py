@@ -326,6 +326,26 @@ class SyncEngine:
     def _run_module(
         self, active: ActiveModule, kinds: set[EntityKind], scope: Scope, dry_run: bool
     ) -> RunResult:
+        try:
+            return self._sync_module(active, kinds, scope, dry_run)
+        finally:
+            self._run_finished(active, dry_run)
+
+    def _run_finished(self, active: ActiveModule, dry_run: bool) -> None:
+        """The module's `run_finished` hook, if its plugin has one; never raises."""
+        if not self.host.implements(active.name, "run_finished"):
+            return
+        context = module_context(
+            self.config, active, dry_run=dry_run, http=self.http(dry_run=dry_run)
+        )
+        try:
+            self.host.hook_for(active.name).run_finished(context=context)
+        except Exception:
+            log.exception("sync.run_finished_failed", module=active.name)
+
+    def _sync_module(
+        self, active: ActiveModule, kinds: set[EntityKind], scope: Scope, dry_run: bool
+    ) -> RunResult:
         # Imported here: both build on this module.
         if self.host.implements(active.name, "fetch_usage"):
             from ..billing import import_usage

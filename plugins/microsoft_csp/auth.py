@@ -18,7 +18,11 @@ Between runs (when there is a state folder, the config file's), two kinds of fil
 
 Access tokens are secrets: like the Partner Center authorization beside them (`delegated`),
 both files are readable by their owner only (mode 0600 in a 0700 folder, on POSIX),
-written atomically, only when they changed, one write at a time. Two processes (the daemon
+written atomically, only when they changed, one write at a time and at most one every
+`SAVE_INTERVAL` seconds: a cold start of 500 tenants gets 500 tokens in a few seconds, and
+each write is of the whole file. What waits is written when the interval ends, when the
+run ends (`flush_all`, from the module's ``run_finished`` hook) and when the process exits;
+a process killed meanwhile loses only tokens, which the next run asks for. Two processes (the daemon
 and a sync by hand) may share them: the last writer wins. A file that cannot be read or
 makes no sense is left aside with a warning and the tokens are asked for again. A token an
 API refuses is dropped (`forget_refused`), so the next call or run asks for a new one.
@@ -26,6 +30,7 @@ API refuses is dropped (`forget_refused`), so the next call or run asks for a ne
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import io
@@ -77,6 +82,25 @@ def http_cache_file(state_dir: Path, connection_name: str) -> Path:
     return Path(state_dir) / TOKENS_FOLDER / f"{_safe(connection_name)}.http-cache"
 
 
+#: Seconds between two writes of one token file; what changes in between waits (`_PrivateFile`).
+SAVE_INTERVAL = 2.0
+
+#: Every token file alive, for `flush_all`.
+_files: weakref.WeakSet[_PrivateFile] = weakref.WeakSet()
+_files_lock = threading.Lock()
+
+
+def flush_all() -> None:
+    """Write every token file's waiting changes now: at the end of a run, and at exit."""
+    with _files_lock:
+        files = list(_files)
+    for file in files:
+        file.flush()
+
+
+atexit.register(flush_all)
+
+
 def write_private(path: Path, data: bytes, *, durable: bool) -> None:
     """Replace ``path`` with ``data`` atomically, readable by its owner only (0600 in a
     0700 folder): the token files under ``tokens/``. ``durable`` syncs it to disk first,
@@ -102,17 +126,22 @@ def write_private(path: Path, data: bytes, *, durable: bool) -> None:
 class _PrivateFile:
     """A file only its owner may read, rewritten whole from the state in memory.
 
-    `save` is called from many threads: one of them writes at a time, and goes on writing
-    while the state keeps changing under it; the others return at once. A write goes to a
-    temporary file renamed over the old one, so a reader never sees half a file.
+    `save` is called from many threads, after each change. The first change is written at
+    once; changes within `SAVE_INTERVAL` of a write wait for its end, when a timer writes
+    them all in one go (the threads return at once). `flush` writes what waits now. A write
+    goes to a temporary file renamed over the old one, so a reader never sees half a file.
     """
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = Path(path)
         self._what = what
-        self._state = threading.Lock()
-        self._writing = False
+        self._state = threading.Lock()  # guards the schedule below
+        self._io = threading.Lock()  # one write at a time
+        self._next_write = 0.0  # monotonic: no write before this, but by a flush
+        self._timer: threading.Timer | None = None
         self._write_failed = False
+        with _files_lock:
+            _files.add(self)
 
     def _changed(self) -> bool:
         raise NotImplementedError
@@ -122,22 +151,41 @@ class _PrivateFile:
         raise NotImplementedError
 
     def save(self) -> None:
-        """Write the state if it changed since the last write (see the class docstring)."""
+        """Write the state if it changed: now, or at the end of the interval (see the class
+        docstring)."""
         with self._state:
-            if self._writing:
-                return  # the thread writing sees this change when it looks again
-            self._writing = True
-        try:
-            while True:
-                with self._state:
-                    if not self._changed():
-                        self._writing = False
-                        return
+            if self._timer is not None:
+                return  # the timer writes this change too
+            now = time.monotonic()
+            if now < self._next_write:
+                self._timer = threading.Timer(self._next_write - now, self._timed)
+                self._timer.daemon = True
+                self._timer.start()
+                return
+            self._next_write = now + SAVE_INTERVAL
+        self._write_changes()
+
+    def flush(self) -> None:
+        """Write what waits for the interval's end, now."""
+        with self._state:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._next_write = time.monotonic() + SAVE_INTERVAL
+        self._write_changes()
+
+    def _timed(self) -> None:
+        with self._state:
+            if self._timer is None:
+                return  # flushed meanwhile
+            self._timer = None
+            self._next_write = time.monotonic() + SAVE_INTERVAL
+        self._write_changes()
+
+    def _write_changes(self) -> None:
+        with self._io:
+            if self._changed():
                 self._write(self._dump())
-        except BaseException:
-            with self._state:
-                self._writing = False
-            raise
 
     def _write(self, data: bytes) -> None:
         try:

@@ -17,7 +17,7 @@ from halo_integrator_core import (
     hookimpl,
 )
 
-from . import devices, directory, users
+from . import auth, devices, directory, users
 from .settings import MicrosoftCspSettings
 
 MODULE = ModuleSpec(
@@ -63,6 +63,12 @@ def fetch_subscriptions(
     context: ModuleContext, tenant: Tenant, bookmark: str | None
 ) -> Iterator[Any]:
     return directory.fetch_subscriptions(context, tenant)
+
+
+@hookimpl
+def run_finished(context: ModuleContext) -> None:
+    # The token files wait up to auth.SAVE_INTERVAL between writes: the next run reads them.
+    auth.flush_all()
 
 
 @hookimpl
