@@ -269,3 +269,39 @@ def test_users_arrive_by_delta_rounds_and_licences_know_their_users(
     users = {u["external_id"]: u for u in exported(store, "users")}
     assert users[alive[1].id]["active"] and not users[alive[2].id]["active"]
     assert result.outcome == "succeeded"
+
+
+def test_a_tenant_without_consent_is_asked_for_a_token_once_a_run(
+    emulator, store, write_config, secrets
+):
+    # Once a run, not once a kind: the consent check's refusal stands for the run's
+    # licences, users and devices; the next run asks again, and a consent given meanwhile
+    # is used at once.
+    world = emulator.world
+    [customer] = [
+        c for c in world.customers.values() if c.gdap_status == "active" and not c.consented
+    ]
+    token_path = f"/{customer.tenant_id}/oauth2/v2.0/token"
+
+    def token_requests() -> int:
+        return sum(1 for _, path, _ in emulator.app.requests if path.endswith(token_path))
+
+    config = csp_config(emulator, write_config)
+    engine = SyncEngine(store, config, PluginHost.load(config))  # one engine, as the daemon's
+    [result] = engine.run()
+    assert token_requests() == 1
+    skipped = {
+        p.kind
+        for p in result.problems
+        if p.tenant_id == customer.tenant_id and p.reason.startswith("consent needed")
+    }
+    assert skipped == {"licences", "users", "assets"}
+
+    [result] = engine.run(only=["users"])  # no consent check: the kind asks, once
+    assert token_requests() == 2
+
+    customer.consented = True
+    [result] = engine.run()
+    assert token_requests() == 3
+    assert not [p for p in result.problems if p.reason.startswith("consent needed")]
+    assert [u for u in exported(store, "users") if u["tenant_id"] == customer.tenant_id]

@@ -109,6 +109,9 @@ class ConnectionClients:
             else None
         )
         self._authorized: bool | None = None
+        #: Tenants whose consent to the GDAP app was refused in this run, with the refusal:
+        #: asked once a run (by the consent check, or the first kind), not once a kind.
+        self.consent_refusals: dict[str, ConsentMissing | ApplicationNotFound] = {}
 
         def token_cache(app: str) -> AppTokenCache | None:
             if state_dir is None:
@@ -176,6 +179,11 @@ class CspSession:
 
     def url(self, host: str, path: str) -> str:
         return f"{self.endpoints.url(host)}{path}"
+
+    def end_run(self) -> None:
+        """Forget what holds for one run only (the consent refusals): the next run asks again."""
+        for clients in self._clients.values():
+            clients.consent_refusals.clear()
 
     def connection_of(self, tenant: Tenant) -> Connection:
         connection = self.connections.get(tenant.connection or "")
@@ -316,7 +324,11 @@ def _consent_checks(
     with ThreadPoolExecutor(workers, thread_name_prefix="halo-consent") as pool:
         # Each check in this run's log context (the request log names the connection).
         outcomes = list(pool.map(lambda t: contextvars.copy_context().run(check, t), tenant_ids))
-    return {t: refusal for t, refusal in zip(tenant_ids, outcomes, strict=True) if refusal}
+    refusals = {t: refusal for t, refusal in zip(tenant_ids, outcomes, strict=True) if refusal}
+    csp.clients(connection).consent_refusals.update(
+        (t, r) for t, r in refusals.items() if isinstance(r, ConsentMissing | ApplicationNotFound)
+    )
+    return refusals
 
 
 def _tenant(
@@ -455,12 +467,23 @@ def _customer_graph_headers(
             f"no active GDAP relationship with tenant {tenant.tenant_id}: its directory "
             "(licences, users, devices) cannot be read"
         )
-    try:
-        return csp.clients(connection).gdap.headers(tenant.tenant_id, GRAPH_RESOURCE)
-    except (ConsentMissing, ApplicationNotFound) as exc:
-        raise SkipTenant(
-            f"consent needed: {exc} — the consent URL: `halo-integrator csp consent-url {tenant.tenant_id}`"
-        ) from None
+    clients = csp.clients(connection)
+    refusal = clients.consent_refusals.get(tenant.tenant_id.lower())
+    if refusal is None:
+        try:
+            return clients.gdap.headers(tenant.tenant_id, GRAPH_RESOURCE)
+        except (ConsentMissing, ApplicationNotFound) as exc:
+            refusal = clients.consent_refusals[tenant.tenant_id.lower()] = exc
+    raise SkipTenant(
+        f"consent needed: {refusal} — the consent URL: `halo-integrator csp consent-url {tenant.tenant_id}`"
+    )
+
+
+def run_finished(context: ModuleContext) -> None:
+    """The run is over: the session forgets its per-run refusals (`CspSession.end_run`)."""
+    found = _sessions.get(context.http) if context.http is not None else None
+    if found is not None:
+        found.end_run()
 
 
 def fetch_subscriptions(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:

@@ -67,6 +67,7 @@ def fetch_subscriptions(
 
 @hookimpl
 def run_finished(context: ModuleContext) -> None:
+    directory.run_finished(context)
     # The token files wait up to auth.SAVE_INTERVAL between writes: the next run reads them.
     auth.flush_all()
 
