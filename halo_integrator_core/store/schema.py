@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -167,7 +168,8 @@ users = Table(
     #: changes nothing, so the sync leaves the row without running the rules.
     Column("source_digest", String(64)),
 )
-Index("ix_users_upn", users.c.tenant_ref, users.c.user_principal_name)
+# Every lookup by UPN compares it lowercased (device owners, matching): so does the index.
+Index("ix_users_upn", users.c.tenant_ref, func.lower(users.c.user_principal_name))
 Index("ix_users_customer_id", users.c.customer_id)
 
 asset_types = Table(
