@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import attrs
 import pytest
 import sqlalchemy as sa
 from fakes import MODULE, SKU_E3, TENANT_A, TENANT_B, FakeDirectory, user
@@ -278,6 +279,54 @@ def test_do_not_import_keeps_a_tenant_out(store, make_engine, world):
     assert "do not import" in result.problems[0].reason
     assert rows(store, "users", tenant_id=TENANT_A) == []
     assert [c["name"] for c in rows(store, "customers")] == ["Fabrikam Inc"]
+
+
+def test_an_unchanged_run_marks_its_tenants_seen_at_once_and_writes_no_bookmark(
+    store, make_engine, world
+):
+    # Per-tenant statements multiply by the hundreds of tenants an MSP has.
+    engine = make_engine()
+    engine.run()
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        [result] = engine.run()
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    assert counts(result)["tenants"]["unchanged"] == 2
+    seen = [s for s in statements if s.startswith("UPDATE tenants SET seen_run_id")]
+    assert len(seen) == 1 and "tenants.id IN" in seen[0]
+    # Licences and subscriptions list in full: no bookmark to delete, run after run.
+    assert not [
+        s for s in statements if s.startswith(("DELETE FROM bookmarks", "UPDATE bookmarks"))
+    ]
+    with store.read() as connection:
+        assert (
+            connection.execute(sa.select(sa.func.count()).select_from(schema.bookmarks)).scalar()
+            == 0
+        )
+        assert {
+            row.seen_run_id for row in connection.execute(sa.select(schema.tenants.c.seen_run_id))
+        } == {result.run_id}
+
+
+def test_a_tenant_listed_twice_in_a_batch_is_stored_once_as_last_listed(store, make_engine, world):
+    first = world.tenants[TENANT_A]
+    renamed = attrs.evolve(first, name="Contoso Renamed")
+
+    class Twice(dict):  # what the fake's fetch_tenants lists: Contoso first and last
+        def values(self):
+            return [first, *super().values(), renamed]
+
+    world.tenants = Twice(world.tenants)
+    [result] = make_engine().run()
+    assert counts(result)["tenants"]["added"] == 2
+    [tenant] = rows(store, "tenants", tenant_id=TENANT_A)
+    assert tenant["name"] == "Contoso Renamed"
 
 
 def test_a_changed_tenant_mapping_is_written_to_the_stored_tenant(store, make_engine, world):
