@@ -196,3 +196,20 @@ def test_rules_version_is_part_of_every_digest(monkeypatch):
     before = Digester("rules").of(a)
     monkeypatch.setattr("halo_integrator_core.sync.digest.RULES_VERSION", "2")
     assert Digester("rules").of(a) != before
+
+
+def test_a_new_user_with_the_email_of_an_unchanged_one_does_not_take_its_row(
+    store, make_engine, world
+):
+    # Rows left unchanged by their digest are this run's: marked seen before the batch's
+    # other records are matched, so none is taken for a free PSA user by email.
+    engine = make_engine(CONFIG.replace("[modules.", '[users]\nmatching = "email"\n\n[modules.'))
+    engine.run()
+    adele = world.users[TENANT_A]["u-1"]
+    assert adele.mail
+    world.users[TENANT_A]["u-new"] = user("u-new", "adele.v2@contoso.com", mail=adele.mail)
+    [again] = engine.run()
+    assert again.counts["users"].added == 1 and again.counts["users"].unchanged == 4
+    users = by_id(store, "users")
+    assert users["u-1"]["user_principal_name"] == adele.user_principal_name
+    assert users["u-new"]["user_principal_name"] == "adele.v2@contoso.com"

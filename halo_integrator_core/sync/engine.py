@@ -1158,8 +1158,13 @@ class _UserUnit(_EntityUnit):
         digester = self.digester()
         digests = {oid: digester.of(user) for oid, user in users.items()} if digester else {}
         unchanged = self.skip_unchanged(users, digests) if digests else []
-        if not users:
+        if unchanged:
+            # Their rows are this run's now: marked seen before matching, so that none is
+            # taken for a free PSA user (and, in an unchanged directory, none is left to look
+            # for: the records no rule places, such as guests, cost no matching queries).
             self.write([], [], unchanged)
+            unchanged = []
+        if not users:
             return
         matches = find_matches(
             self.connection,
