@@ -14,6 +14,7 @@ from halo_integrator_core import RecordError, Removed
 from halo_integrator_core.config import load_config
 from halo_integrator_core.export import export_rows
 from halo_integrator_core.store import Store, schema
+from halo_integrator_core.sync import engine as engine_module
 from halo_integrator_core.sync.bookmarks import get_bookmark
 from halo_integrator_core.sync.engine import Change, Reporter, SyncEngine, SyncError, tenant_lock
 
@@ -300,6 +301,10 @@ def test_an_unchanged_run_marks_its_tenants_seen_at_once_and_writes_no_bookmark(
     assert counts(result)["tenants"]["unchanged"] == 2
     seen = [s for s in statements if s.startswith("UPDATE tenants SET seen_run_id")]
     assert len(seen) == 1 and "tenants.id IN" in seen[0]
+    # The tenants' outcomes: one statement for both (up to OUTCOMES_PER_WRITE at a time).
+    assert len([s for s in statements if s.startswith("UPDATE tenants SET last_synced_at")]) == 1
+    synced = {t["tenant_id"]: t["last_synced_at"] for t in rows(store, "tenants")}
+    assert len(synced) == 2 and all(synced.values())
     # Licences and subscriptions list in full: no bookmark to delete, run after run.
     assert not [
         s for s in statements if s.startswith(("DELETE FROM bookmarks", "UPDATE bookmarks"))
@@ -327,6 +332,29 @@ def test_a_tenant_listed_twice_in_a_batch_is_stored_once_as_last_listed(store, m
     assert counts(result)["tenants"]["added"] == 2
     [tenant] = rows(store, "tenants", tenant_id=TENANT_A)
     assert tenant["name"] == "Contoso Renamed"
+
+
+def test_tenant_outcomes_are_written_in_batches_and_when_the_run_fails(
+    store, make_engine, world, monkeypatch
+):
+    monkeypatch.setattr(engine_module, "OUTCOMES_PER_WRITE", 1)  # each tenant at once
+    make_engine().run()
+    assert all(t["last_synced_at"] for t in rows(store, "tenants"))
+
+    # A run that dies after its first tenant still writes that tenant's outcome.
+    monkeypatch.setattr(engine_module, "OUTCOMES_PER_WRITE", 50)
+    stamp = {t["tenant_id"]: t["last_synced_at"] for t in rows(store, "tenants")}
+    finished = engine_module._ModuleRun.finish_tenant
+
+    def then_die(self, *args):
+        finished(self, *args)
+        raise KeyboardInterrupt  # not an Exception: ends the run as a signal would
+
+    monkeypatch.setattr(engine_module._ModuleRun, "finish_tenant", then_die)
+    with pytest.raises(KeyboardInterrupt):
+        make_engine(MAPPED.replace("[integrator]", "[integrator]\nparallel_tenants = 1")).run()
+    after = {t["tenant_id"]: t["last_synced_at"] for t in rows(store, "tenants")}
+    assert len([t for t in after if after[t] != stamp[t]]) == 1
 
 
 def test_a_changed_tenant_mapping_is_written_to_the_stored_tenant(store, make_engine, world):

@@ -10,6 +10,7 @@ and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -67,6 +68,8 @@ BATCH_SIZE = 500
 
 #: Fetched (tenant, kind) units that may wait for the writer, per tenant synced at once.
 BACKLOG_PER_TENANT_SLOT = 8
+#: Finished tenants whose outcome is written in one unit (the rest at the run's end).
+OUTCOMES_PER_WRITE = 50
 #: Problems kept per run in the store; the rest are still logged and counted.
 MAX_STORED_PROBLEMS = 1000
 
@@ -420,6 +423,8 @@ class _ModuleRun:
         self._backlog = threading.BoundedSemaphore(1)
         self._lock = threading.Lock()
         self._finished = 0
+        #: Finished tenants' outcomes waiting to be written (`write_outcomes`).
+        self._outcomes: list[dict[str, Any]] = []
 
     @property
     def module(self) -> str:
@@ -453,6 +458,21 @@ class _ModuleRun:
         # transaction): they cannot run side by side.
         parallel = 1 if self.result.dry_run else self.config.integrator.parallel_tenants
         parallel = max(1, min(parallel, len(targets)))
+        try:
+            self._sync_targets(targets, rules, parallel)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the run's own failure is what it says
+                self.write_outcomes()
+            raise
+        self.write_outcomes()
+        left = len(targets) - self._finished
+        if left and self.engine.stop.is_set():
+            self.result.note = f"stopped on request: {left} tenant(s) left for the next run"
+            log.info("sync.stopped", tenants_left=left)
+
+    def _sync_targets(
+        self, targets: list[TenantTarget], rules: list[EntityRule], parallel: int
+    ) -> None:
         if parallel == 1:
             for target in targets:
                 self.sync_tenant(target, rules, len(targets))
@@ -476,10 +496,6 @@ class _ModuleRun:
                 ]
                 for future in futures:
                     future.result()
-        left = len(targets) - self._finished
-        if left and self.engine.stop.is_set():
-            self.result.note = f"stopped on request: {left} tenant(s) left for the next run"
-            log.info("sync.stopped", tenants_left=left)
 
     def sync_tenant(self, target: TenantTarget, rules: list[EntityRule], total: int) -> None:
         """Every kind of one tenant, unless the run was asked to stop before it began.
@@ -534,11 +550,29 @@ class _ModuleRun:
 
     def finish_tenant(self, target: TenantTarget, outcomes: list[str | None], total: int) -> None:
         """Record how the tenant went (the errors of its kinds) and report it done."""
-        self.record_tenant_outcome(target, [e for e in outcomes if e])
+        errors = [e for e in outcomes if e]
+        outcome = {
+            "id": target.tenant_ref,
+            "last_synced_at": utcnow(),
+            "last_error": "; ".join(errors) or None,
+        }
         with self._lock:
+            self._outcomes.append(outcome)
+            full = len(self._outcomes) >= OUTCOMES_PER_WRITE
             self._finished += 1
             index = self._finished
+        if full:
+            self.write_outcomes()
         self.engine.reporter.tenant_finished(self.module, index, total, target.tenant)
+
+    def write_outcomes(self) -> None:
+        """Write the finished tenants' outcomes (when each was synced, and its errors): a
+        unit for many tenants, not one each; the last at the end of the run."""
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+        if outcomes:
+            with self.store.unit() as connection:
+                update_rows(connection, schema.tenants, outcomes)
 
     def total(self) -> None:
         for (kind, _), counts in self.tenant_counts.items():
@@ -773,14 +807,6 @@ class _ModuleRun:
             log.info("sync.entities", kind=rule.kind.value, **counts.as_dict())
         self.counts(rule.kind.value, tenant_id).add(counts)
         return error
-
-    def record_tenant_outcome(self, target: TenantTarget, errors: list[str]) -> None:
-        with self.store.unit() as connection:
-            connection.execute(
-                sa.update(schema.tenants)
-                .where(schema.tenants.c.id == target.tenant_ref)
-                .values(last_synced_at=utcnow(), last_error="; ".join(errors) or None)
-            )
 
     def _stream(self, results: Iterable[Any]) -> Iterator[Any]:
         for result in results:
