@@ -180,3 +180,30 @@ def test_a_naive_time_is_refused_as_the_store_refuses_it(store: Store):
         rows[0]["created_at"] = datetime(2026, 1, 1)
         with pytest.raises(ValueError, match="naive datetime"):
             insert_rows(connection, schema.users, rows)
+
+
+def test_a_prepared_statement_is_built_once_per_key_and_runs_with_its_values(store):
+    from halo_integrator_core.store.prepared import expanding, prepared
+
+    built = []
+
+    def build() -> sa.Select:
+        built.append(1)
+        return sa.select(schema.customers.c.name).where(
+            schema.customers.c.name.in_(expanding()), schema.customers.c.active.is_(True)
+        )
+
+    key = ("test: customers named", id(store))
+    first, again = prepared(key, build), prepared(key, build)
+    assert first is again and built == [1]
+    with store.unit() as connection:
+        now = datetime.now(UTC)
+        for name in ("Contoso", "Fabrikam", "Northwind"):
+            connection.execute(
+                sa.insert(schema.customers).values(
+                    name=name, source="test", active=True, created_at=now, updated_at=now
+                )
+            )
+        names = connection.execute(first, {"b_ids": ["Contoso", "Northwind", "Nobody"]})
+        assert sorted(names.scalars()) == ["Contoso", "Northwind"]
+        assert connection.execute(first, {"b_ids": []}).all() == []

@@ -19,6 +19,7 @@ from ..http import HttpClient, RequestLogEntry
 from ..logging import redact_text
 from ..pacing import Pacer
 from . import Store, schema
+from .bulk import insert_rows
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +109,7 @@ class StoreRequestLog:
             rows, self._pending = self._pending, []
         try:
             with writing as connection:
-                connection.execute(sa.insert(schema.request_log), rows)
+                insert_rows(connection, schema.request_log, rows)
         except Exception:
             with self._lock:
                 self._pending[:0] = rows  # keep them for the next try

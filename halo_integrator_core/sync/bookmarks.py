@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from ..models import LATEST_BOOKMARK
 from ..store import schema, utcnow
+from ..store.prepared import prepared
 
 table = schema.bookmarks
 
@@ -27,10 +28,16 @@ def tenant_key(connection: str | None, tenant_id: str) -> str:
 
 
 def get_bookmark(connection: Connection, module: str, stream: str, tenant_key: str) -> str | None:
+    statement = prepared(
+        "bookmark",
+        lambda: sa.select(table.c.value).where(
+            table.c.module == sa.bindparam("b_module"),
+            table.c.stream == sa.bindparam("b_stream"),
+            table.c.tenant_key == sa.bindparam("b_tenant"),
+        ),
+    )
     return connection.execute(
-        sa.select(table.c.value).where(
-            table.c.module == module, table.c.stream == stream, table.c.tenant_key == tenant_key
-        )
+        statement, {"b_module": module, "b_stream": stream, "b_tenant": tenant_key}
     ).scalar_one_or_none()
 
 

@@ -45,6 +45,7 @@ from ..models import (
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
 from ..store.bulk import insert_rows, update_rows
+from ..store.prepared import expanding, prepared
 from ..store.request_log import RunClients
 from .assets import AssetRules, find_assets, is_sense
 from .bookmarks import get_bookmark, save_bookmark, tenant_key
@@ -923,11 +924,9 @@ class _EntityUnit:
             # A record that failed translation is still there upstream: keep it as it was.
             self.mark_seen(errored)
             if removed and self.deactivates:
-                self.deactivate(self.table.c.external_id.in_(removed))
+                self.deactivate(removed)
         if complete and self.deactivates:
-            self.deactivate(
-                sa.or_(self.table.c.seen_run_id.is_(None), self.table.c.seen_run_id != run.run_id)
-            )
+            self.deactivate(None)
         self.save_bookmark(new_bookmark, complete=complete)
 
     def upsert(self, records: list[Any]) -> None:
@@ -938,10 +937,14 @@ class _EntityUnit:
         existing = {
             row.external_id: row
             for row in self.connection.execute(
-                sa.select(table).where(
-                    table.c.tenant_ref == self.target.tenant_ref,
-                    table.c.external_id.in_(list(by_id)),
-                )
+                prepared(
+                    ("rows of", table.name),
+                    lambda: sa.select(table).where(
+                        table.c.tenant_ref == sa.bindparam("b_tenant"),
+                        table.c.external_id.in_(expanding()),
+                    ),
+                ),
+                {"b_tenant": self.target.tenant_ref, "b_ids": list(by_id)},
             )
         }
         assert self.rule.columns is not None
@@ -1001,9 +1004,15 @@ class _EntityUnit:
             update_rows(self.connection, table, redigested)
         if unchanged:
             self.connection.execute(
-                sa.update(table)
-                .where(table.c.id.in_(unchanged))
-                .values(seen_run_id=self.run_state.run_id)
+                prepared(
+                    ("seen", table.name),
+                    lambda: (
+                        sa.update(table)
+                        .where(table.c.id.in_(expanding()))
+                        .values(seen_run_id=sa.bindparam("b_run"))
+                    ),
+                ),
+                {"b_ids": unchanged, "b_run": self.run_state.run_id},
             )
 
     def unchanged_by_digest(self, digests: dict[str, str]) -> dict[str, int]:
@@ -1012,15 +1021,25 @@ class _EntityUnit:
         stored = self._stored_digests
         if stored is None:
             table = self.table
-            select = sa.select(table.c.external_id, table.c.id, table.c.source_digest).where(
-                table.c.tenant_ref == self.target.tenant_ref, table.c.source_digest.is_not(None)
+            # A short batch (a delta's, a small tenant's) reads its own rows' digests, not
+            # the thousands of the tenant that a delta of a few changes would read.
+            short = len(digests) < BATCH_SIZE
+
+            def build() -> sa.Select[Any]:
+                select = sa.select(table.c.external_id, table.c.id, table.c.source_digest).where(
+                    table.c.tenant_ref == sa.bindparam("b_tenant"),
+                    table.c.source_digest.is_not(None),
+                )
+                return select.where(table.c.external_id.in_(expanding())) if short else select
+
+            values = {"b_tenant": self.target.tenant_ref} | (
+                {"b_ids": list(digests)} if short else {}
             )
-            if len(digests) < BATCH_SIZE:
-                # A short batch (a delta's, a small tenant's): its own rows' digests, not
-                # the thousands of the tenant that a delta of a few changes would read.
-                select = select.where(table.c.external_id.in_(list(digests)))
             rows = {
-                entity_id: (row_id, d) for entity_id, row_id, d in self.connection.execute(select)
+                entity_id: (row_id, d)
+                for entity_id, row_id, d in self.connection.execute(
+                    prepared(("digests", table.name, short), build), values
+                )
             }
             if len(digests) >= BATCH_SIZE:
                 # A listing: one query a unit, not one a batch. The tenant's digests as the
@@ -1038,9 +1057,13 @@ class _EntityUnit:
         what a digest holds of rows the rules read (sites, the devices' owners)."""
         return tuple(
             self.connection.execute(
-                sa.select(sa.func.count(), sa.func.max(table.c.updated_at)).where(
-                    table.c.customer_id == self.target.customer_id
-                )
+                prepared(
+                    ("customer state", table.name),
+                    lambda: sa.select(sa.func.count(), sa.func.max(table.c.updated_at)).where(
+                        table.c.customer_id == sa.bindparam("b_customer")
+                    ),
+                ),
+                {"b_customer": self.target.customer_id},
             ).one()
         )
 
@@ -1055,13 +1078,24 @@ class _EntityUnit:
 
     def mark_seen(self, entity_ids: list[str]) -> None:
         if entity_ids:
+            table = self.table
             self.connection.execute(
-                sa.update(self.table)
-                .where(
-                    self.table.c.tenant_ref == self.target.tenant_ref,
-                    self.table.c.external_id.in_(entity_ids),
-                )
-                .values(seen_run_id=self.run_state.run_id)
+                prepared(
+                    ("seen by entity", table.name),
+                    lambda: (
+                        sa.update(table)
+                        .where(
+                            table.c.tenant_ref == sa.bindparam("b_tenant"),
+                            table.c.external_id.in_(expanding()),
+                        )
+                        .values(seen_run_id=sa.bindparam("b_run"))
+                    ),
+                ),
+                {
+                    "b_tenant": self.target.tenant_ref,
+                    "b_ids": entity_ids,
+                    "b_run": self.run_state.run_id,
+                },
             )
 
     @property
@@ -1070,13 +1104,30 @@ class _EntityUnit:
         site = self.run_state.scope.site
         return site.site_id if site else None
 
-    def deactivate(self, condition: sa.ColumnElement[bool]) -> None:
-        table = self.table
-        where = (table.c.tenant_ref == self.target.tenant_ref, table.c.active.is_(True), condition)
-        if self.site_id is not None:
-            where = (*where, table.c.site_id == self.site_id)
+    def deactivate(self, removed: list[str] | None) -> None:
+        """Deactivate the active rows the plugin said were ``removed`` (entity IDs), or,
+        with ``None``, those a complete listing did not hold (not seen this run)."""
+        table, site_id = self.table, self.site_id
+
+        def build() -> sa.Select[Any]:
+            select = sa.select(table.c.id, table.c.external_id).where(
+                table.c.tenant_ref == sa.bindparam("b_tenant"),
+                table.c.active.is_(True),
+                table.c.external_id.in_(expanding())
+                if removed is not None
+                else sa.or_(
+                    table.c.seen_run_id.is_(None), table.c.seen_run_id != sa.bindparam("b_run")
+                ),
+            )
+            return select.where(table.c.site_id == sa.bindparam("b_site")) if site_id else select
+
+        values = {"b_tenant": self.target.tenant_ref, "b_site": site_id} | (
+            {"b_ids": removed} if removed is not None else {"b_run": self.run_state.run_id}
+        )
+        key = ("to deactivate", table.name, removed is not None, site_id is not None)
         rows = self.connection.execute(
-            sa.select(table.c.id, table.c.external_id).where(*where)
+            prepared(key, build),
+            {k: v for k, v in values.items() if v is not None or k != "b_site"},
         ).all()
         if not rows:
             return
@@ -1288,9 +1339,13 @@ class _UserUnit(_EntityUnit):
             self._licences = {
                 row.external_id: (row.id, row.sku_part_number)
                 for row in self.connection.execute(
-                    sa.select(
-                        licences.c.external_id, licences.c.id, licences.c.sku_part_number
-                    ).where(licences.c.tenant_ref == self.target.tenant_ref)
+                    prepared(
+                        "licences of tenant",
+                        lambda: sa.select(
+                            licences.c.external_id, licences.c.id, licences.c.sku_part_number
+                        ).where(licences.c.tenant_ref == sa.bindparam("b_tenant")),
+                    ),
+                    {"b_tenant": self.target.tenant_ref},
                 )
             }
         return self._licences

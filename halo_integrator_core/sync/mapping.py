@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from ..config import Config
 from ..models import DirectoryUser, EntityKind, Licence, ManagedDevice, Subscription, Tenant
 from ..store import schema, utcnow
+from ..store.prepared import prepared
 
 MAIN_SITE = "Main"
 
@@ -179,9 +180,14 @@ def resolve_tenant(
     has them: the row is then written only if the mapping changed them."""
     table = schema.tenant_mappings
     rows = connection.execute(
-        sa.select(table).where(
-            table.c.tenant_id == tenant.tenant_id, table.c.module.in_(["", module])
-        )
+        prepared(
+            "tenant mappings",
+            lambda: sa.select(table).where(
+                table.c.tenant_id == sa.bindparam("b_tenant"),
+                table.c.module.in_([sa.bindparam("b_all"), sa.bindparam("b_module")]),
+            ),
+        ),
+        {"b_tenant": tenant.tenant_id, "b_all": "", "b_module": module},
     ).all()
     # A mapping for this module wins over one for every module.
     row = max(rows, key=lambda r: r.module != "", default=None)
@@ -206,10 +212,15 @@ def resolve_tenant(
     do_not_import = bool(row.do_not_import) if row is not None else False
     main_site_id = None
     if customer_id is not None:
+        sites = schema.sites
         main_site_id = connection.execute(
-            sa.select(schema.sites.c.id).where(
-                schema.sites.c.customer_id == customer_id, schema.sites.c.is_main.is_(True)
-            )
+            prepared(
+                "main site",
+                lambda: sa.select(sites.c.id).where(
+                    sites.c.customer_id == sa.bindparam("b_customer"), sites.c.is_main.is_(True)
+                ),
+            ),
+            {"b_customer": customer_id},
         ).scalar_one_or_none()
     if stored != (customer_id, do_not_import):
         connection.execute(

@@ -30,6 +30,7 @@ from ..config import (
 )
 from ..models import DirectoryUser, UserQuery
 from ..store import schema
+from ..store.prepared import expanding, prepared
 from .mapping import (
     MAIN_SITE,
     SiteFinder,
@@ -450,7 +451,7 @@ def find_matches(
     users: Sequence[DirectoryUser],
     *,
     matching: UserMatching,
-    run_id: int | None,
+    run_id: int,
 ) -> dict[str, Match]:
     """The PSA user of each of ``users`` (a batch), by object ID, then by the config's
     matching field, then by UPN for a user recreated in the directory.
@@ -464,9 +465,14 @@ def find_matches(
     by_object_id = {
         row.external_id: row
         for row in connection.execute(
-            sa.select(table).where(
-                table.c.tenant_ref == target.tenant_ref, table.c.external_id.in_(ids)
-            )
+            prepared(
+                "users by object id",
+                lambda: sa.select(table).where(
+                    table.c.tenant_ref == sa.bindparam("b_tenant"),
+                    table.c.external_id.in_(expanding()),
+                ),
+            ),
+            {"b_tenant": target.tenant_ref, "b_ids": ids},
         )
     }
     matches = {oid: Match(row) for oid, row in by_object_id.items()}
@@ -484,17 +490,28 @@ def find_matches(
     )
     # Without a PSA user of the customer that is unlinked, or of the tenant and unseen this
     # run (a new tenant's first batches), no candidate can exist: their queries are not made.
-    maybe_free = sa.or_(
-        table.c.external_id.is_(None), sa.and_(table.c.tenant_ref == target.tenant_ref, unseen)
-    )
-    if (
-        connection.execute(
+    maybe_free = prepared(
+        "users maybe free",
+        lambda: (
             sa.select(table.c.id)
-            .where(table.c.customer_id == target.customer_id, maybe_free)
+            .where(
+                table.c.customer_id == sa.bindparam("b_customer"),
+                sa.or_(
+                    table.c.external_id.is_(None),
+                    sa.and_(
+                        table.c.tenant_ref == sa.bindparam("b_tenant"),
+                        sa.or_(
+                            table.c.seen_run_id.is_(None),
+                            table.c.seen_run_id != sa.bindparam("b_run"),
+                        ),
+                    ),
+                ),
+            )
             .limit(1)
-        ).first()
-        is None
-    ):
+        ),
+    )
+    values = {"b_customer": target.customer_id, "b_tenant": target.tenant_ref, "b_run": run_id}
+    if connection.execute(maybe_free, values).first() is None:
         return matches
     claimed: set[int] = set()
 
