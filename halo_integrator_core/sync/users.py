@@ -479,15 +479,6 @@ def find_matches(
     missing = [user for user in users if user.object_id not in by_object_id]
     if not missing:
         return matches
-    unseen = sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != run_id)
-    free = sa.or_(
-        table.c.external_id.is_(None),
-        sa.and_(
-            table.c.tenant_ref == target.tenant_ref,
-            table.c.external_id.not_in(ids),
-            unseen,
-        ),
-    )
     # Without a PSA user of the customer that is unlinked, or of the tenant and unseen this
     # run (a new tenant's first batches), no candidate can exist: their queries are not made.
     maybe_free = prepared(
@@ -515,18 +506,36 @@ def find_matches(
         return matches
     claimed: set[int] = set()
 
-    def candidates(column: sa.ColumnElement[Any], keys: dict[str, str]) -> dict[str, list[Any]]:
+    def candidates(column: sa.Column[Any], keys: dict[str, str]) -> dict[str, list[Any]]:
+        """The customer's free PSA users (unlinked, or of this tenant, not of this batch and
+        not seen this run) whose ``column``, lowercased, is one of ``keys``."""
         if not keys:
             return {}
+        statement = prepared(
+            ("user candidates by", column.key),
+            lambda: (
+                sa.select(table)
+                .where(
+                    table.c.customer_id == sa.bindparam("b_customer"),
+                    sa.func.lower(column).in_(expanding("b_keys")),
+                    sa.or_(
+                        table.c.external_id.is_(None),
+                        sa.and_(
+                            table.c.tenant_ref == sa.bindparam("b_tenant"),
+                            table.c.external_id.not_in(expanding()),
+                            sa.or_(
+                                table.c.seen_run_id.is_(None),
+                                table.c.seen_run_id != sa.bindparam("b_run"),
+                            ),
+                        ),
+                    ),
+                )
+                .order_by(table.c.id)
+            ),
+        )
         found: dict[str, list[Any]] = {}
         for row in connection.execute(
-            sa.select(table)
-            .where(
-                table.c.customer_id == target.customer_id,
-                sa.func.lower(column).in_(set(keys.values())),
-                free,
-            )
-            .order_by(table.c.id)
+            statement, values | {"b_keys": sorted(set(keys.values())), "b_ids": ids}
         ):
             found.setdefault(str(getattr(row, column.key)).lower(), []).append(row)
         return found
