@@ -1119,16 +1119,19 @@ class _EntityUnit:
                     table.c.seen_run_id.is_(None), table.c.seen_run_id != sa.bindparam("b_run")
                 ),
             )
-            return select.where(table.c.site_id == sa.bindparam("b_site")) if site_id else select
+            if site_id is not None:
+                select = select.where(table.c.site_id == sa.bindparam("b_site"))
+            return select
 
-        values = {"b_tenant": self.target.tenant_ref, "b_site": site_id} | (
-            {"b_ids": removed} if removed is not None else {"b_run": self.run_state.run_id}
-        )
+        values: dict[str, Any] = {"b_tenant": self.target.tenant_ref}
+        if removed is not None:
+            values["b_ids"] = removed
+        else:
+            values["b_run"] = self.run_state.run_id
+        if site_id is not None:
+            values["b_site"] = site_id
         key = ("to deactivate", table.name, removed is not None, site_id is not None)
-        rows = self.connection.execute(
-            prepared(key, build),
-            {k: v for k, v in values.items() if v is not None or k != "b_site"},
-        ).all()
+        rows = self.connection.execute(prepared(key, build), values).all()
         if not rows:
             return
         now = utcnow()
