@@ -489,13 +489,7 @@ def find_matches(
                 table.c.customer_id == sa.bindparam("b_customer"),
                 sa.or_(
                     table.c.external_id.is_(None),
-                    sa.and_(
-                        table.c.tenant_ref == sa.bindparam("b_tenant"),
-                        sa.or_(
-                            table.c.seen_run_id.is_(None),
-                            table.c.seen_run_id != sa.bindparam("b_run"),
-                        ),
-                    ),
+                    sa.and_(table.c.tenant_ref == sa.bindparam("b_tenant"), _unseen()),
                 ),
             )
             .limit(1)
@@ -523,10 +517,7 @@ def find_matches(
                         sa.and_(
                             table.c.tenant_ref == sa.bindparam("b_tenant"),
                             table.c.external_id.not_in(expanding()),
-                            sa.or_(
-                                table.c.seen_run_id.is_(None),
-                                table.c.seen_run_id != sa.bindparam("b_run"),
-                            ),
+                            _unseen(),
                         ),
                     ),
                 )
@@ -574,6 +565,12 @@ def find_matches(
         if len(rows) == 1:
             _claim(matches, claimed, user, rows[0])
     return matches
+
+
+def _unseen() -> sa.ColumnElement[bool]:
+    """A PSA user not seen in this run (``b_run``): no directory user of it holds it yet."""
+    users = schema.users
+    return sa.or_(users.c.seen_run_id.is_(None), users.c.seen_run_id != sa.bindparam("b_run"))
 
 
 def _claim(matches: dict[str, Match], claimed: set[int], user: DirectoryUser, row: Any) -> None:

@@ -21,9 +21,9 @@ both files are readable by their owner only (mode 0600 in a 0700 folder, on POSI
 written atomically, only when they changed, one write at a time and at most one every
 `SAVE_INTERVAL` seconds: a cold start of 500 tenants gets 500 tokens in a few seconds, and
 each write is of the whole file. What waits is written when the interval ends, when the
-run ends (`flush_all`, from the module's ``run_finished`` hook) and when the process exits;
-a process killed meanwhile loses only tokens, which the next run asks for. Two processes (the daemon
-and a sync by hand) may share them: the last writer wins. A file that cannot be read or
+run ends (`flush_all`, from the module's ``run_finished`` hook) and when the process
+exits; a process killed meanwhile loses only tokens, which the next run asks for. Two
+processes (the daemon and a sync by hand) may share them: the last writer wins. A file that cannot be read or
 makes no sense is left aside with a warning and the tokens are asked for again. A token an
 API refuses is dropped (`forget_refused`), so the next call or run asks for a new one.
 """
