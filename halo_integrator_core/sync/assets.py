@@ -35,6 +35,7 @@ from ..config import (
 )
 from ..models import AssetQuery, ManagedDevice
 from ..store import schema, utcnow
+from ..store.prepared import expanding, prepared
 from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, record_getter, text_value, utc
 
 #: Intune properties every `ManagedDevice` carries in a field of its own.
@@ -268,15 +269,21 @@ class AssetRules:
         if not keys:
             return {}
         scope_value = target.tenant_ref if scope is users.c.tenant_ref else target.customer_id
+        statement = prepared(
+            ("device owners by", column.key, scope.key),
+            lambda: (
+                sa.select(users.c.id, users.c.site_id, column.label("key"))
+                .where(
+                    scope == sa.bindparam("b_scope"),
+                    users.c.active.is_(True),
+                    sa.func.lower(column).in_(expanding("b_keys")),
+                )
+                .order_by(users.c.id)
+            ),
+        )
         found: dict[str, list[Row[Any]]] = {}
         for row in connection.execute(
-            sa.select(users.c.id, users.c.site_id, column.label("key"))
-            .where(
-                scope == scope_value,
-                users.c.active.is_(True),
-                sa.func.lower(column).in_(set(keys.values())),
-            )
-            .order_by(users.c.id)
+            statement, {"b_scope": scope_value, "b_keys": sorted(set(keys.values()))}
         ):
             found.setdefault(str(row.key).lower(), []).append(row)
         # A user field two PSA users share names no one: the device goes to the default site.
@@ -336,33 +343,49 @@ def find_assets(
     devices: Mapping[str, ManagedDevice],
     keys: Mapping[str, str | None],
     *,
-    run_id: int | None,
+    run_id: int,
 ) -> tuple[dict[str, Row[Any]], dict[str, str]]:
     """The asset of each device (by Intune device ID, then by matching key), and the
     devices whose key another device of this tenant claims in this run (with why)."""
     table = schema.assets
     ids = list(devices)
+    values = {
+        "b_tenant": target.tenant_ref,
+        "b_customer": target.customer_id,
+        "b_run": run_id,
+        "b_ids": ids,
+    }
     matched = {
         row.external_id: row
         for row in connection.execute(
-            sa.select(table).where(
-                table.c.tenant_ref == target.tenant_ref, table.c.external_id.in_(ids)
-            )
+            prepared(
+                "assets by device id",
+                lambda: sa.select(table).where(
+                    table.c.tenant_ref == sa.bindparam("b_tenant"),
+                    table.c.external_id.in_(expanding()),
+                ),
+            ),
+            values,
         )
     }
     wanted = {key for key in keys.values() if key}
     if not wanted:
         return matched, {}
+    values["b_keys"] = sorted(wanted)
     # Devices of this tenant seen already this run, holding one of these keys.
     claimed = {
         row.match_key: row.external_id
         for row in connection.execute(
-            sa.select(table.c.match_key, table.c.external_id).where(
-                table.c.tenant_ref == target.tenant_ref,
-                table.c.match_key.in_(wanted),
-                table.c.seen_run_id == run_id,
-                table.c.external_id.not_in(ids),
-            )
+            prepared(
+                "assets claiming keys",
+                lambda: sa.select(table.c.match_key, table.c.external_id).where(
+                    table.c.tenant_ref == sa.bindparam("b_tenant"),
+                    table.c.match_key.in_(expanding("b_keys")),
+                    table.c.seen_run_id == sa.bindparam("b_run"),
+                    table.c.external_id.not_in(expanding()),
+                ),
+            ),
+            values,
         )
     }
     duplicates: dict[str, str] = {}
@@ -378,19 +401,33 @@ def find_assets(
             )
         else:
             first_in_batch.setdefault(key, device_id)
-    free = sa.or_(
-        table.c.external_id.is_(None),
-        sa.and_(
-            table.c.tenant_ref == target.tenant_ref,
-            table.c.external_id.not_in(ids),
-            sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != run_id),
-        ),
-    )
+    # The customer's assets free to take: another integration's (no device), or this
+    # tenant's of a device not in this batch and not seen this run.
     candidates: dict[str, list[Row[Any]]] = {}
     for row in connection.execute(
-        sa.select(table)
-        .where(table.c.customer_id == target.customer_id, table.c.match_key.in_(wanted), free)
-        .order_by(table.c.id)
+        prepared(
+            "assets free with keys",
+            lambda: (
+                sa.select(table)
+                .where(
+                    table.c.customer_id == sa.bindparam("b_customer"),
+                    table.c.match_key.in_(expanding("b_keys")),
+                    sa.or_(
+                        table.c.external_id.is_(None),
+                        sa.and_(
+                            table.c.tenant_ref == sa.bindparam("b_tenant"),
+                            table.c.external_id.not_in(expanding()),
+                            sa.or_(
+                                table.c.seen_run_id.is_(None),
+                                table.c.seen_run_id != sa.bindparam("b_run"),
+                            ),
+                        ),
+                    ),
+                )
+                .order_by(table.c.id)
+            ),
+        ),
+        values,
     ):
         candidates.setdefault(row.match_key, []).append(row)
     taken = {row.id for row in matched.values()}

@@ -1361,10 +1361,14 @@ class _UserUnit(_EntityUnit):
         licence_ids = {sku: row_id for sku, (row_id, _) in self.licences().items()}
         user_ids = dict(
             self.connection.execute(
-                sa.select(table.c.external_id, table.c.id).where(
-                    table.c.tenant_ref == self.target.tenant_ref,
-                    table.c.external_id.in_(list(users)),
-                )
+                prepared(
+                    "user ids by object id",
+                    lambda: sa.select(table.c.external_id, table.c.id).where(
+                        table.c.tenant_ref == sa.bindparam("b_tenant"),
+                        table.c.external_id.in_(expanding()),
+                    ),
+                ),
+                {"b_tenant": self.target.tenant_ref, "b_ids": list(users)},
             ).all()
         )
         wanted = {
@@ -1376,9 +1380,13 @@ class _UserUnit(_EntityUnit):
         current = {
             (lid, uid): active
             for lid, uid, active in self.connection.execute(
-                sa.select(
-                    assignments.c.licence_id, assignments.c.user_id, assignments.c.active
-                ).where(assignments.c.user_id.in_(list(user_ids.values())))
+                prepared(
+                    "licence assignments of users",
+                    lambda: sa.select(
+                        assignments.c.licence_id, assignments.c.user_id, assignments.c.active
+                    ).where(assignments.c.user_id.in_(expanding())),
+                ),
+                {"b_ids": list(user_ids.values())},
             )
         }
         now = utcnow()
