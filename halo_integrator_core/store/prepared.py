@@ -34,4 +34,21 @@ def expanding(name: str = "b_ids") -> sa.BindParameter[list[object]]:
     return sa.bindparam(name, expanding=True)
 
 
-__all__ = ["expanding", "prepared"]
+def by_external_id(table: sa.Table) -> sa.Select[tuple[object, ...]]:
+    """The rows of ``table`` (users, assets, licences...) of the tenant ``b_tenant`` whose
+    external IDs are among ``b_ids``."""
+    return prepared(
+        ("by external id", table.name),
+        lambda: sa.select(table).where(
+            table.c.tenant_ref == sa.bindparam("b_tenant"), table.c.external_id.in_(expanding())
+        ),
+    )
+
+
+def unseen(table: sa.Table) -> sa.ColumnElement[bool]:
+    """Rows of ``table`` not seen in the run bound as ``b_run``: never seen, or last seen
+    in another run (so no record of this run holds them, yet)."""
+    return sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != sa.bindparam("b_run"))
+
+
+__all__ = ["by_external_id", "expanding", "prepared", "unseen"]

@@ -35,7 +35,7 @@ from ..config import (
 )
 from ..models import AssetQuery, ManagedDevice
 from ..store import schema, utcnow
-from ..store.prepared import expanding, prepared
+from ..store.prepared import by_external_id, expanding, prepared, unseen
 from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, record_getter, text_value, utc
 
 #: Intune properties every `ManagedDevice` carries in a field of its own.
@@ -355,19 +355,7 @@ def find_assets(
         "b_run": run_id,
         "b_ids": ids,
     }
-    matched = {
-        row.external_id: row
-        for row in connection.execute(
-            prepared(
-                "assets by device id",
-                lambda: sa.select(table).where(
-                    table.c.tenant_ref == sa.bindparam("b_tenant"),
-                    table.c.external_id.in_(expanding()),
-                ),
-            ),
-            values,
-        )
-    }
+    matched = {row.external_id: row for row in connection.execute(by_external_id(table), values)}
     wanted = {key for key in keys.values() if key}
     if not wanted:
         return matched, {}
@@ -417,10 +405,7 @@ def find_assets(
                         sa.and_(
                             table.c.tenant_ref == sa.bindparam("b_tenant"),
                             table.c.external_id.not_in(expanding()),
-                            sa.or_(
-                                table.c.seen_run_id.is_(None),
-                                table.c.seen_run_id != sa.bindparam("b_run"),
-                            ),
+                            unseen(table),
                         ),
                     ),
                 )

@@ -45,7 +45,7 @@ from ..models import (
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
 from ..store.bulk import insert_rows, update_rows
-from ..store.prepared import expanding, prepared
+from ..store.prepared import by_external_id, expanding, prepared, unseen
 from ..store.request_log import RunClients
 from .assets import AssetRules, find_assets, is_sense
 from .bookmarks import get_bookmark, save_bookmark, tenant_key
@@ -937,13 +937,7 @@ class _EntityUnit:
         existing = {
             row.external_id: row
             for row in self.connection.execute(
-                prepared(
-                    ("rows of", table.name),
-                    lambda: sa.select(table).where(
-                        table.c.tenant_ref == sa.bindparam("b_tenant"),
-                        table.c.external_id.in_(expanding()),
-                    ),
-                ),
+                by_external_id(table),
                 {"b_tenant": self.target.tenant_ref, "b_ids": list(by_id)},
             )
         }
@@ -1113,11 +1107,7 @@ class _EntityUnit:
             select = sa.select(table.c.id, table.c.external_id).where(
                 table.c.tenant_ref == sa.bindparam("b_tenant"),
                 table.c.active.is_(True),
-                table.c.external_id.in_(expanding())
-                if removed is not None
-                else sa.or_(
-                    table.c.seen_run_id.is_(None), table.c.seen_run_id != sa.bindparam("b_run")
-                ),
+                table.c.external_id.in_(expanding()) if removed is not None else unseen(table),
             )
             if site_id is not None:
                 select = select.where(table.c.site_id == sa.bindparam("b_site"))

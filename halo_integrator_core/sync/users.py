@@ -30,7 +30,7 @@ from ..config import (
 )
 from ..models import DirectoryUser, UserQuery
 from ..store import schema
-from ..store.prepared import expanding, prepared
+from ..store.prepared import by_external_id, expanding, prepared, unseen
 from .mapping import (
     MAIN_SITE,
     SiteFinder,
@@ -465,14 +465,7 @@ def find_matches(
     by_object_id = {
         row.external_id: row
         for row in connection.execute(
-            prepared(
-                "users by object id",
-                lambda: sa.select(table).where(
-                    table.c.tenant_ref == sa.bindparam("b_tenant"),
-                    table.c.external_id.in_(expanding()),
-                ),
-            ),
-            {"b_tenant": target.tenant_ref, "b_ids": ids},
+            by_external_id(table), {"b_tenant": target.tenant_ref, "b_ids": ids}
         )
     }
     matches = {oid: Match(row) for oid, row in by_object_id.items()}
@@ -489,7 +482,7 @@ def find_matches(
                 table.c.customer_id == sa.bindparam("b_customer"),
                 sa.or_(
                     table.c.external_id.is_(None),
-                    sa.and_(table.c.tenant_ref == sa.bindparam("b_tenant"), _unseen()),
+                    sa.and_(table.c.tenant_ref == sa.bindparam("b_tenant"), unseen(table)),
                 ),
             )
             .limit(1)
@@ -517,7 +510,7 @@ def find_matches(
                         sa.and_(
                             table.c.tenant_ref == sa.bindparam("b_tenant"),
                             table.c.external_id.not_in(expanding()),
-                            _unseen(),
+                            unseen(table),
                         ),
                     ),
                 )
@@ -565,12 +558,6 @@ def find_matches(
         if len(rows) == 1:
             _claim(matches, claimed, user, rows[0])
     return matches
-
-
-def _unseen() -> sa.ColumnElement[bool]:
-    """A PSA user not seen in this run (``b_run``): no directory user of it holds it yet."""
-    users = schema.users
-    return sa.or_(users.c.seen_run_id.is_(None), users.c.seen_run_id != sa.bindparam("b_run"))
 
 
 def _claim(matches: dict[str, Match], claimed: set[int], user: DirectoryUser, row: Any) -> None:
