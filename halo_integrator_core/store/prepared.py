@@ -51,4 +51,19 @@ def unseen(table: sa.Table) -> sa.ColumnElement[bool]:
     return sa.or_(table.c.seen_run_id.is_(None), table.c.seen_run_id != sa.bindparam("b_run"))
 
 
-__all__ = ["by_external_id", "expanding", "prepared", "unseen"]
+def free_to_take(table: sa.Table) -> sa.ColumnElement[bool]:
+    """Rows of ``table`` another record may be matched to: of no record (another
+    integration's, ``external_id`` empty), or of the tenant ``b_tenant`` but of none of the
+    batch's records (``b_ids``) and not seen in the run ``b_run`` (deleted upstream, or
+    about to be)."""
+    return sa.or_(
+        table.c.external_id.is_(None),
+        sa.and_(
+            table.c.tenant_ref == sa.bindparam("b_tenant"),
+            table.c.external_id.not_in(expanding()),
+            unseen(table),
+        ),
+    )
+
+
+__all__ = ["by_external_id", "expanding", "free_to_take", "prepared", "unseen"]

@@ -35,7 +35,7 @@ from ..config import (
 )
 from ..models import AssetQuery, ManagedDevice
 from ..store import schema, utcnow
-from ..store.prepared import by_external_id, expanding, prepared, unseen
+from ..store.prepared import by_external_id, expanding, free_to_take, prepared
 from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, record_getter, text_value, utc
 
 #: Intune properties every `ManagedDevice` carries in a field of its own.
@@ -389,8 +389,7 @@ def find_assets(
             )
         else:
             first_in_batch.setdefault(key, device_id)
-    # The customer's assets free to take: another integration's (no device), or this
-    # tenant's of a device not in this batch and not seen this run.
+    # The customer's assets free to take with one of these keys.
     candidates: dict[str, list[Row[Any]]] = {}
     for row in connection.execute(
         prepared(
@@ -400,14 +399,7 @@ def find_assets(
                 .where(
                     table.c.customer_id == sa.bindparam("b_customer"),
                     table.c.match_key.in_(expanding("b_keys")),
-                    sa.or_(
-                        table.c.external_id.is_(None),
-                        sa.and_(
-                            table.c.tenant_ref == sa.bindparam("b_tenant"),
-                            table.c.external_id.not_in(expanding()),
-                            unseen(table),
-                        ),
-                    ),
+                    free_to_take(table),
                 )
                 .order_by(table.c.id)
             ),

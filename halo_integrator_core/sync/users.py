@@ -30,7 +30,7 @@ from ..config import (
 )
 from ..models import DirectoryUser, UserQuery
 from ..store import schema
-from ..store.prepared import by_external_id, expanding, prepared, unseen
+from ..store.prepared import by_external_id, expanding, free_to_take, prepared, unseen
 from .mapping import (
     MAIN_SITE,
     SiteFinder,
@@ -505,14 +505,7 @@ def find_matches(
                 .where(
                     table.c.customer_id == sa.bindparam("b_customer"),
                     sa.func.lower(column).in_(expanding("b_keys")),
-                    sa.or_(
-                        table.c.external_id.is_(None),
-                        sa.and_(
-                            table.c.tenant_ref == sa.bindparam("b_tenant"),
-                            table.c.external_id.not_in(expanding()),
-                            unseen(table),
-                        ),
-                    ),
+                    free_to_take(table),
                 )
                 .order_by(table.c.id)
             ),
