@@ -65,6 +65,9 @@ class Daemon:
         self.scheduler = Scheduler(
             store, config, host, stop=self.stop, every=every, health=self.health
         )
+        #: The process's one account of Microsoft's budgets: the scheduled runs and the
+        #: server (its webhook refreshes, its routes) pace their requests by the same.
+        self.pacer = self.scheduler.pacer
         self.app: WebApp | None = None
         self.server: Server | None = None
 
@@ -74,7 +77,7 @@ class Daemon:
         """Start the HTTP server on ``[server] address`` and ``port``; `ListenError` if it
         cannot listen there."""
         settings = self.config.server
-        self.app = make_app(self.config, self.store, self.host, self.health)
+        self.app = make_app(self.config, self.store, self.host, self.health, pacer=self.pacer)
         try:
             self.server = serve(self.app, settings.address, settings.port).start()
         except OSError as exc:

@@ -27,6 +27,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import Config
 from .models import EntityKind
+from .pacing import Pacer
 from .plugins import ActiveModule, PluginHost
 from .store import Store, schema
 from .store.request_log import prune_request_log
@@ -294,6 +295,7 @@ class Scheduler:
         every: timedelta | None = None,
         health: Health | None = None,
         prune: Callable[[Store, int], int] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -303,6 +305,9 @@ class Scheduler:
         self._prune = prune or prune_request_log
         modules = host.active_modules()
         self.jobs, skipped = plan_sync_jobs(config, host, modules, every=every)
+        #: One account of Microsoft's budgets for every job: their runs overlap, and a
+        #: Retry-After one of them is given holds the others' requests to that tenant too.
+        self.pacer = pacer or Pacer.from_config(config)
         self.engines = {
             job.module: SyncEngine(
                 store,
@@ -310,6 +315,7 @@ class Scheduler:
                 host,
                 reporter=_HealthReporter(self.health, job.id),
                 stop=self.stop,
+                pacer=self.pacer,
             )
             for job in self.jobs
         }

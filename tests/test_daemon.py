@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 import pytest
 import sqlalchemy as sa
+import structlog
 from click.testing import CliRunner
 from fakes import MODULE, TENANT_A, FakeDirectory
 from structlog.testing import capture_logs
@@ -400,6 +401,34 @@ def test_a_stop_gives_up_after_the_grace_time(store, write_config, host_factory)
     finally:
         gated.gate.set()
         assert daemon.scheduler.wait_idle(10)
+
+
+def test_the_scheduled_runs_and_the_server_keep_one_account_of_microsofts_budgets(
+    store, write_config, host_factory
+):
+    # Webhook refreshes and scheduled runs reach the same tenants' Graph budget: a
+    # Retry-After one of them is given must hold the other's requests to that tenant too.
+    config = load_config(write_config(CONFIG + f"\n[server]\nport = {free_port()}\n"))
+    daemon = Daemon(config, store, host_factory(config, (FakeDirectory.small(), "fake")))
+    daemon.serve()
+    try:
+        assert daemon.app is not None
+        pacers = {id(daemon.app.http.pacer)} | {
+            id(engine.http(dry_run=dry_run).pacer)
+            for engine in daemon.scheduler.engines.values()
+            for dry_run in (False, True)
+        }
+        assert pacers == {id(daemon.pacer)}
+        graph = config.endpoints.url("graph")
+        with structlog.contextvars.bound_contextvars(tenant=TENANT_A):
+            turn = daemon.app.http.pacer.wait_turn(f"{graph}/v1.0/users")
+            assert daemon.app.http.pacer.finish(turn, status=429, retry_after=30.0)
+            waits: list[float] = []
+            engine = daemon.scheduler.engines[MODULE]
+            engine.http(dry_run=False).pacer.wait_turn(f"{graph}/v1.0/users", sleep=waits.append)
+        assert len(waits) == 1 and 29 < waits[0] <= 30
+    finally:
+        daemon.shutdown()
 
 
 # --- run --once through the command line --------------------------------------------------------

@@ -277,9 +277,17 @@ class RunClients:
         self._dry_http: HttpClient | None = None
 
     @classmethod
-    def for_config(cls, store: Store, config: Config, http: HttpClient | None = None) -> RunClients:
-        """The clients of a runner under ``config``: its CA bundle, its Graph pacing."""
-        return cls(store, config.endpoints.verify, http, pacer=Pacer.from_config(config))
+    def for_config(
+        cls,
+        store: Store,
+        config: Config,
+        http: HttpClient | None = None,
+        *,
+        pacer: Pacer | None = None,
+    ) -> RunClients:
+        """The clients of a runner under ``config``: its CA bundle, and ``pacer`` (the
+        process's, when it has one) or a Graph pacing of its own."""
+        return cls(store, config.endpoints.verify, http, pacer=pacer or Pacer.from_config(config))
 
     def get(self, *, dry_run: bool) -> HttpClient:
         if dry_run:

@@ -42,6 +42,7 @@ from ..models import (
     Tenant,
     TenantAccess,
 )
+from ..pacing import Pacer
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
 from ..store.bulk import insert_rows, update_rows
@@ -258,7 +259,10 @@ class SyncEngine:
         reporter: Reporter | None = None,
         http: HttpClient | None = None,
         stop: threading.Event | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
+        """``pacer``: the process's account of Microsoft's budgets (the daemon shares one
+        between its engines and its server); without it, the engine keeps its own."""
         self.store = store
         #: Set by the daemon on SIGTERM: a run finishes its current tenant and stops there.
         self.stop = stop or threading.Event()
@@ -266,7 +270,7 @@ class SyncEngine:
         self.host = host
         self.reporter = reporter or Reporter()
         self.modules = host.active_modules()
-        self._clients = RunClients.for_config(store, config, http)
+        self._clients = RunClients.for_config(store, config, http, pacer=pacer)
 
     def http(self, *, dry_run: bool) -> HttpClient:
         """The client plugins reach Microsoft with; a dry run's leaves no request log."""

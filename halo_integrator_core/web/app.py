@@ -155,6 +155,7 @@ class WebApp:
         health: Health | None = None,
         *,
         http: HttpClient | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -164,7 +165,8 @@ class WebApp:
         self.http = http or HttpClient(
             verify=config.endpoints.verify,
             request_log=StoreRequestLog(store),
-            pacer=Pacer.from_config(config),  # webhook refreshes sync through it
+            # Webhook refreshes sync through it: in the daemon, on the scheduler's pacer.
+            pacer=pacer or Pacer.from_config(config),
         )
         # Per process: a restart invalidates the forms of pages open in a browser.
         self._csrf_key = secrets.token_bytes(32)
@@ -474,14 +476,16 @@ def make_app(
     health: Health | None = None,
     *,
     http: HttpClient | None = None,
+    pacer: Pacer | None = None,
 ) -> WebApp:
     """The server's WSGI app for the enabled modules of ``host``.
 
     ``health`` is the scheduler's (``None`` when no scheduler runs); ``http`` the client the
     modules' routes reach Microsoft with (one of the app's own, logging to ``store``, if not
-    given).
+    given); ``pacer`` the pacing that client keeps (the scheduler's, so that the process
+    keeps one account of Microsoft's budgets; one of the app's own if not given).
     """
-    return WebApp(config, store, host, health, http=http)
+    return WebApp(config, store, host, health, http=http, pacer=pacer)
 
 
 # -- helpers -----------------------------------------------------------------------------------
