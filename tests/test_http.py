@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +36,20 @@ class Script:
 
 @pytest.fixture
 def server():
+    with serving() as script:
+        yield script
+
+
+@pytest.fixture
+def proxy():
+    """A second server, to stand for a forward proxy: it is sent absolute URLs, which
+    `Script.add` takes as paths."""
+    with serving() as script:
+        yield script
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[Script]:
     script = Script()
 
     class Handler(BaseHTTPRequestHandler):
@@ -72,7 +88,7 @@ def server():
         target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
     )
     thread.start()
-    script.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    script.url = f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[attr-defined]
     try:
         yield script
     finally:
@@ -294,6 +310,47 @@ def test_verify_is_passed_with_each_request(emulator, monkeypatch, tmp_path):
     session.verify = str(emulator.ca_bundle)
     with pytest.raises((requests.exceptions.SSLError, OSError)):
         session.get(f"{emulator.base_url}/_admin/world")
+
+
+def test_proxies_come_from_the_environment_and_no_proxy_is_honoured(server, proxy, monkeypatch):
+    server.add("/users", 200, {"via": "direct"})
+    proxy.add(f"{server.url}/users", 200, {"via": "proxy"})
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    with HttpClient() as http:
+        assert http.get(f"{server.url}/users").json() == {"via": "proxy"}
+        # Read once per origin: the environment is not scanned again for each request.
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        assert http.get(f"{server.url}/users").json() == {"via": "proxy"}
+    with HttpClient() as http:  # a new client reads the environment afresh
+        assert http.get(f"{server.url}/users").json() == {"via": "direct"}
+
+
+def test_netrc_credentials_never_replace_the_callers_authorization(server, monkeypatch, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    server.add("/users", 200, {"value": []})
+    with HttpClient() as http:
+        http.get(f"{server.url}/users", headers={"Authorization": "Bearer token"})
+    [(_, _, headers)] = server.received
+    assert headers["Authorization"] == "Bearer token"
+
+
+def test_the_environments_ca_bundle_is_used_when_verify_is_true(emulator, monkeypatch):
+    # As requests does: a TLS-inspecting proxy's CA is given to every client that way.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator.ca_bundle))
+    with HttpClient(verify=True) as http:
+        assert http.get(f"{emulator.base_url}/_admin/world").json()["seed"] == 7
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    once = RetryPolicy(max_attempts=1)
+    with HttpClient(verify=True, retry=once) as http, pytest.raises(errors.ConnectionFailed):
+        http.get(f"{emulator.base_url}/_admin/world")
 
 
 # --- paginators ---------------------------------------------------------------------------
