@@ -40,7 +40,32 @@ _TEXT_PATTERNS = (
 )
 
 
+#: What each of `_TEXT_PATTERNS` cannot match without, lowercased: an ASCII text holding none
+#: of these is returned as it is, after one scan of it per word instead of four regex passes
+#: (which took 6 to 20 µs a string, on every value of every log event). Other text always
+#: takes the passes: ignoring case, a regex also matches letters whose lowercase is not
+#: ASCII's (the Kelvin sign for "k"), which the words would miss.
+_TEXT_MARKERS = (
+    "bearer",
+    "signature",
+    "basic",
+    "secret",
+    "assertion",
+    "token",
+    "password",
+    "code=",
+    "sig=",
+    "skoid=",
+    "sktid=",
+    "eyj",
+)
+
+
 def redact_text(text: str) -> str:
+    if text.isascii():
+        lowered = text.lower()
+        if not any(marker in lowered for marker in _TEXT_MARKERS):
+            return text
     for pattern, replacement in _TEXT_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

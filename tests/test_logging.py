@@ -9,9 +9,18 @@ import logging
 import pytest
 import structlog
 from fakes import MODULE, TENANT_B, FakeDirectory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from halo_integrator_core.config import load_config
-from halo_integrator_core.logging import REDACTED, configure_logging, redact_processor
+from halo_integrator_core.logging import (
+    _TEXT_MARKERS,
+    _TEXT_PATTERNS,
+    REDACTED,
+    configure_logging,
+    redact_processor,
+    redact_text,
+)
 from halo_integrator_core.store import Store
 from halo_integrator_core.sync.engine import Problem, RunResult, SyncEngine
 
@@ -66,6 +75,73 @@ def test_the_redaction_processor_removes_secrets_wherever_they_are():
     assert out["code"] == 800090
     assert out["tenant"] == event["tenant"]
     assert json.loads(out["body"])["expires_in"] == 3599
+
+
+def _every_pattern(text: str) -> str:
+    for pattern, replacement in _TEXT_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _any_case(word: str) -> st.SearchStrategy[str]:
+    return st.lists(st.booleans(), min_size=len(word), max_size=len(word)).map(
+        lambda upper: "".join(c.upper() if u else c for c, u in zip(word, upper, strict=True))
+    )
+
+
+# Texts built from what the patterns look for: the words in any case, with what comes before
+# and after them, among words spelled with letters a case-blind regex takes for ASCII ones
+# (the Kelvin sign for "k", the long s, the dotted capital I).
+_PIECES = st.one_of(
+    st.tuples(
+        st.sampled_from(["", " ", "?", "&", "Bearer ", "client_", "access_", "id_", "sas"]),
+        st.sampled_from(_TEXT_MARKERS).flatmap(_any_case),
+        st.sampled_from(["", " ", "=", ": ", '="', ".", "hbGciOiJIUzI1NiJ9."]),
+        st.sampled_from(["abcdefgh12", "eyJzdWIiOiIxIn0.x", "", "&next=1"]),
+    ).map("".join),
+    st.sampled_from(
+        ["to\u212aen=abcdefgh12", "\u017fecret: x", "ba\u017fic abcdefgh12", "?s\u212aoid=1"]
+    ),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_PIECES, max_size=6).map("".join))
+def test_redacting_text_skips_the_patterns_only_where_none_could_match(text):
+    assert redact_text(text) == _every_pattern(text)
+
+
+#: For each word of `_TEXT_MARKERS`, a text that holds a secret and no other of the words.
+_ONE_MARKER_EACH = {
+    "bearer": "Authorization: Bearer abcdefgh12",
+    "signature": "Authorization: Signature abcdefgh12",
+    "basic": "Authorization: basic abcdefgh12",
+    "secret": "client_secret=abcdefgh12&x=1",
+    "assertion": "client_assertion=abcdefgh12",
+    "token": "refresh_token: abcdefgh12",
+    "password": "password=abcdefgh12",
+    "code=": "https://x.example/cb?code=0.AQsAabc&state=1",
+    "sig=": "https://x.blob.example/f?sv=1&sig=SASSIGNED",
+    "skoid=": "https://x.blob.example/f?skoid=0a1b2c3d",
+    "sktid=": "https://x.blob.example/f?sktid=0a1b2c3d",
+    "eyj": "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.x",
+}
+
+
+@pytest.mark.parametrize("marker", sorted(_ONE_MARKER_EACH))
+def test_each_word_the_patterns_need_lets_its_secret_be_redacted(marker):
+    text = _ONE_MARKER_EACH[marker]
+    assert [m for m in _TEXT_MARKERS if m in text.lower() and m != marker] == []
+    assert REDACTED in redact_text(text)
+    assert redact_text(text) == _every_pattern(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["access_to\u212aen=abcdefgh12", "\u212aeep client_\u017fecret=abcdefgh12"]
+)
+def test_text_that_is_not_ascii_takes_every_pattern(text):
+    assert REDACTED in redact_text(text)
 
 
 def test_stdlib_and_structlog_events_share_one_redacted_json_format(log_stream):
