@@ -108,23 +108,24 @@ class Store:
         """
         try:
             with self.engine.begin() as connection:
-                if revision == "head" and not by_migrations and _at_head(connection):
-                    return  # every run but the first after an upgrade
-                self._upgrade(connection, revision, by_migrations=by_migrations)
+                if revision == "head" and not by_migrations:
+                    versions = _versions(connection)
+                    if versions == [HEAD_REVISION]:
+                        return  # every run but the first after an upgrade
+                    if not versions and _none_of_our_tables(connection):
+                        schema.metadata.create_all(connection)
+                        _stamp(connection, HEAD_REVISION)
+                        return
+                self._upgrade(connection, revision)
         except sa.exc.OperationalError as exc:
             raise StoreError(f"cannot open the store at {self.describe()}: {exc.orig}") from None
 
-    def _upgrade(self, connection: Connection, revision: str, *, by_migrations: bool) -> None:
+    def _upgrade(self, connection: Connection, revision: str) -> None:
         from alembic import command
         from alembic.util.exc import CommandError
 
-        alembic = self._alembic(connection)
         try:
-            if revision == "head" and not by_migrations and _new_store(connection):
-                schema.metadata.create_all(connection)
-                command.stamp(alembic, "head")
-            else:
-                command.upgrade(alembic, revision)
+            command.upgrade(self._alembic(connection), revision)
         except CommandError as exc:
             raise StoreError(
                 f"the store at {self.describe()} has a schema this version of halo-integrator "
@@ -289,20 +290,30 @@ def create_engine(url: str) -> Engine:
 __all__ = ["Store", "StoreError", "create_engine", "schema", "utcnow"]
 
 
-def _at_head(connection: Connection) -> bool:
-    """Whether the store's one schema version is `HEAD_REVISION`, read as alembic stamps it
-    (its ``alembic_version`` table) without loading alembic."""
-    if not sa.inspect(connection).has_table("alembic_version"):
-        return False
-    versions = connection.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-    return [tuple(row) for row in versions] == [(HEAD_REVISION,)]
+#: Alembic's table of the schema's version, as its ``stamp`` creates it.
+_ALEMBIC_VERSION = sa.Table(
+    "alembic_version",
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
 
 
-def _new_store(connection: Connection) -> bool:
-    """Whether the database holds no schema of ours yet: no version, none of our tables."""
-    from alembic.runtime.migration import MigrationContext
+def _versions(connection: Connection) -> list[str]:
+    """The schema versions alembic stamped the store with (one, or none for a new store),
+    read without loading alembic."""
+    if not sa.inspect(connection).has_table(_ALEMBIC_VERSION.name):
+        return []
+    return list(connection.execute(sa.select(_ALEMBIC_VERSION.c.version_num)).scalars())
 
-    if MigrationContext.configure(connection).get_current_revision() is not None:
-        return False
+
+def _none_of_our_tables(connection: Connection) -> bool:
     existing = set(sa.inspect(connection).get_table_names())
     return not existing & set(schema.metadata.tables)
+
+
+def _stamp(connection: Connection, revision: str) -> None:
+    """Record ``revision`` as the schema's version, as ``alembic stamp`` would."""
+    _ALEMBIC_VERSION.create(connection, checkfirst=True)
+    connection.execute(sa.delete(_ALEMBIC_VERSION))
+    connection.execute(sa.insert(_ALEMBIC_VERSION).values(version_num=revision))
