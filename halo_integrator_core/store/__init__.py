@@ -24,8 +24,9 @@ from . import schema
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-# Alembic (with Mako) is imported only to migrate or to describe migrations: a store already
-# at `HEAD_REVISION` is opened without it, and every command of the CLI starts faster.
+# Alembic (with Mako) is imported only to run or describe migrations: a new store is given
+# its schema and stamped, and one at `HEAD_REVISION` opened, without it, so every command of
+# the CLI starts faster.
 
 
 def utcnow() -> datetime:
