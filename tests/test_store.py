@@ -12,6 +12,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy.dialects.postgresql import dialect as postgresql_dialect
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.types import TypeDecorator
 
 from halo_integrator_core.store import HEAD_REVISION, Store, StoreError, schema, utcnow
 
@@ -269,3 +272,48 @@ def test_the_default_sqlite_file_is_in_wal_mode(tmp_path):
 
 def test_utcnow_is_aware():
     assert utcnow().tzinfo is UTC
+
+
+_TIMESTAMPS = [
+    None,
+    datetime(2026, 1, 31, 9, 5, tzinfo=UTC),
+    datetime(2026, 1, 31, 9, 5, 0, 7, tzinfo=UTC),
+    datetime(2026, 3, 29, 1, 30, 15, 999999, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+    datetime(1, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=-11))),
+    datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    datetime(9999, 12, 31, 10, 0, tzinfo=timezone(timedelta(hours=8))),
+]
+
+
+@pytest.mark.parametrize("value", _TIMESTAMPS)
+def test_sqlites_one_step_timestamp_processor_writes_what_the_two_in_turn_would(value):
+    dialect = sqlite_dialect()
+    stored = schema.UtcDateTime().dialect_impl(dialect)  # as SQLAlchemy and store.bulk take it
+    one_step = stored.bind_processor(dialect)
+    in_turn = TypeDecorator.bind_processor(stored, dialect)
+    assert one_step is not None and in_turn is not None and one_step is not in_turn
+    assert one_step(value) == in_turn(value)
+
+
+def test_a_naive_timestamp_is_refused_on_every_path():
+    naive = datetime(2026, 1, 31, 9, 5)
+    for dialect in (sqlite_dialect(), postgresql_dialect()):
+        process = schema.UtcDateTime().dialect_impl(dialect).bind_processor(dialect)
+        with pytest.raises(ValueError, match="naive datetime"):
+            process(naive)
+
+
+def test_timestamps_are_read_back_as_written(store):
+    # Through the store: the one-step text on SQLite, the driver's own on PostgreSQL.
+    values = [v for v in _TIMESTAMPS if v is not None]
+    rows = [
+        {"name": f"c{i}", "source": "test", "active": True, "created_at": v, "updated_at": v}
+        for i, v in enumerate(values)
+    ]
+    with store.unit() as connection:
+        connection.execute(sa.insert(schema.customers), rows)
+    with store.read() as connection:
+        found = connection.execute(
+            sa.select(schema.customers.c.created_at).order_by(schema.customers.c.name)
+        ).scalars()
+        assert list(found) == values
