@@ -3,6 +3,9 @@ read besides the record still reaches the rows: on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import marshal
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -12,10 +15,11 @@ from fakes import MODULE, SKU_BP, TENANT_A, FakeDirectory, user
 from halo_integrator_core import Licence
 from halo_integrator_core.config import load_config
 from halo_integrator_core.export import export_rows
+from halo_integrator_core.models import ManagedDevice
 from halo_integrator_core.store import Store
 from halo_integrator_core.sync import engine as engine_module
 from halo_integrator_core.sync.assets import AssetRules
-from halo_integrator_core.sync.digest import Digester
+from halo_integrator_core.sync.digest import Digester, _encoder
 from halo_integrator_core.sync.engine import SyncEngine
 from halo_integrator_core.sync.users import UserRules
 
@@ -189,6 +193,37 @@ def test_a_digest_names_the_record_and_its_rules():
     assert rules.of(a) != Digester("rules two").of(a)
     assert rules.of(a, "owner 1") != rules.of(a, "owner 2")
     assert len(rules.of(a)) == 32
+
+
+def test_a_device_digest_follows_its_timestamps_to_the_microsecond():
+    rules = Digester("rules")
+    synced = datetime(2026, 1, 31, 9, 5, 0, 1, tzinfo=UTC)
+    device = ManagedDevice(device_id="d-1", last_sync_at=synced)
+    assert rules.of(device) == rules.of(ManagedDevice(device_id="d-1", last_sync_at=synced))
+    later = ManagedDevice(device_id="d-1", last_sync_at=synced + timedelta(microseconds=1))
+    assert rules.of(device) != rules.of(later)
+    # The same instant in another zone: a rule might write it as text, offset and all.
+    elsewhere = synced.astimezone(timezone(timedelta(hours=10)))
+    assert rules.of(device) != rules.of(ManagedDevice(device_id="d-1", last_sync_at=elsewhere))
+    assert rules.of(device) != rules.of(ManagedDevice(device_id="d-1"))
+
+
+def test_the_core_records_are_digested_from_marshal_not_repr():
+    # The faster encoding: a record falling back to repr would still be right, but slower.
+    stamped = ManagedDevice(device_id="d-1", enrolled_at=datetime(2025, 1, 1, tzinfo=UTC))
+    for record in (user("u-1", "adele@contoso.com", display_name="Adele"), stamped):
+        assert marshal.loads(_encoder(type(record))(record))[0] == type(record).__qualname__
+
+
+def test_a_record_holding_what_marshal_cannot_write_is_digested_by_repr():
+    rules = Digester("rules")
+    priced = user("u-1", "adele@contoso.com", attributes={"cost": Decimal("1.10")})
+    assert rules.of(priced) == rules.of(
+        user("u-1", "adele@contoso.com", attributes={"cost": Decimal("1.10")})
+    )
+    assert rules.of(priced) != rules.of(
+        user("u-1", "adele@contoso.com", attributes={"cost": Decimal("1.20")})
+    )
 
 
 def test_rules_version_is_part_of_every_digest(monkeypatch):
