@@ -15,8 +15,12 @@ in a fresh process so that its peak RSS is the syncing process's own:
 | unchanged | the same sync again, nothing changed upstream |
 | delta | ``halo-integrator sync --only users`` by delta links (``track = "beta"``, ``use_deltas``) after 1% of users changed (``/_admin/change-users``); its store was filled by an unmeasured first run |
 
-It prints a table and the ratios, writes JSON (``--json``), and exits 1 when a target of
-`TARGETS` that applies at this size and latency is missed (``--no-targets``: measure only).
+The five rows are measured ``--repeat`` times (3 by default), each round with stores and
+tokens of its own; a row's figure is its median wall time, a ratio the median of the rounds'
+own ratios, a peak RSS the highest of any round: on a shared machine one run's seconds can
+move by a third. It prints a table and the ratios, writes JSON (``--json``, every round's
+figures too), and exits 1 when a target of `TARGETS` that applies at this size and latency
+is missed (``--no-targets``: measure only).
 Not a test: nothing imports it, and pytest collects ``tests/`` only.
 """
 
@@ -31,6 +35,7 @@ import re
 import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -484,21 +489,82 @@ def measure_throttled(args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
+def measure_round(
+    args: argparse.Namespace, served: dict, select: dict, workdir: Path, profile: Path | None
+) -> dict[str, dict]:
+    """The five rows once, each in a fresh process; the syncs in stores (and with tokens)
+    of this round's own."""
+    workdir.mkdir(parents=True)
+    full_config = write_config(workdir / "full", served, deltas=False, parallel=args.parallel)
+    delta_config = write_config(workdir / "delta", served, deltas=True, parallel=args.parallel)
+    plan = [
+        ("raw", {}),
+        ("floor", {"database": str(workdir / "floor.db")}),
+        ("full", {"config": str(full_config), "profile": str(profile) if profile else None}),
+        ("unchanged", {"config": str(full_config)}),
+    ]
+    rows: dict[str, dict] = {}
+    for mode, extra in plan:
+        print(f"measuring {mode} ...", file=sys.stderr)
+        spec = {"mode": mode, "served": served, "select": select, "parallel": args.parallel}
+        rows[mode] = measure(spec | extra, workdir)
+    print("delta: first run (not measured), then 1% of users changed ...", file=sys.stderr)
+    measure({"mode": "delta-first", "config": str(delta_config)}, workdir)
+    changed = admin_post(served, "/change-users", {"fraction": 0.01})["changed"]
+    rows["delta"] = measure(
+        {"mode": "delta", "config": str(delta_config), "sync_args": ["--only", "users"]},
+        workdir,
+    )
+    rows["delta"]["changed_upstream"] = changed
+    return rows
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of rounds, 1 or more")
+    return value
+
+
 # --- the report ---------------------------------------------------------------------------
 
 
-def ratios(rows: dict[str, dict]) -> dict[str, float]:
-    wall = {name: row["wall"] for name, row in rows.items()}
+RATIOS = (("full", "floor"), ("full", "raw"), ("unchanged", "full"), ("delta", "full"))
+
+
+def ratios(rounds: list[dict[str, dict]]) -> dict[str, float]:
+    """Each ratio of `RATIOS` in each round, then its median over the rounds: the rows of
+    one round ran minutes apart at most, so a machine slowing for a while moves both sides
+    of a round's ratio, and one slow round does not move the median."""
     return {
-        "full/floor": wall["full"] / wall["floor"],
-        "full/raw": wall["full"] / wall["raw"],
-        "unchanged/full": wall["unchanged"] / wall["full"],
-        "delta/full": wall["delta"] / wall["full"],
+        f"{a}/{b}": statistics.median(round_[a]["wall"] / round_[b]["wall"] for round_ in rounds)
+        for a, b in RATIOS
     }
 
 
+def combine(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """One row per run: the median wall time of the rounds (and each round's), the
+    records of the first round, the highest peak RSS of any."""
+    rows: dict[str, dict] = {}
+    for name, first in rounds[0].items():
+        walls = [round_[name]["wall"] for round_ in rounds]
+        rows[name] = {
+            **first,
+            "wall": statistics.median(walls),
+            "walls": walls,
+            "rss": max(round_[name]["rss"] for round_ in rounds),
+        }
+    return rows
+
+
 def check_targets(
-    args: argparse.Namespace, rows: dict[str, dict], throttled: dict | None = None
+    args: argparse.Namespace,
+    rows: dict[str, dict],
+    ratio: dict[str, float],
+    throttled: dict | None = None,
 ) -> list[dict]:
     checks = []
     if throttled is not None:
@@ -516,7 +582,7 @@ def check_targets(
         if target.rss:
             value = rows[target.numerator]["rss"]
         else:
-            value = rows[target.numerator]["wall"] / rows[target.denominator]["wall"]
+            value = ratio[f"{target.numerator}/{target.denominator}"]
         checks.append({"target": target.name, "value": round(value, 3), "limit": target.limit,
                        "met": value <= target.limit})  # fmt: skip
     if args.rss_baseline:
@@ -531,15 +597,24 @@ def check_targets(
 
 
 def print_report(
-    rows: dict[str, dict], ratio: dict[str, float], checks: list[dict], throttled: dict | None
+    rows: dict[str, dict],
+    ratio: dict[str, float],
+    checks: list[dict],
+    throttled: dict | None,
+    rounds: int = 1,
 ) -> None:
-    print(f"{'run':<10} {'wall s':>8} {'records':>9} {'records/s':>10} {'peak RSS MB':>12}")
+    print(f"{'run':<10} {'wall s':>8} {'records':>9} {'records/s':>10} {'peak RSS MB':>12}"
+          + ("   wall s of each round" if rounds > 1 else ""))  # fmt: skip
     for name, row in rows.items():
         rate = row["records"] / row["wall"] if row["wall"] else 0
+        each = "   " + " ".join(f"{w:.2f}" for w in row["walls"]) if rounds > 1 else ""
         print(
             f"{name:<10} {row['wall']:>8.2f} {row['records']:>9} {rate:>10.0f} {row['rss']:>12.0f}"
+            + each
         )
     print()
+    if rounds > 1:
+        print(f"ratios: the median of the {rounds} rounds' own")
     for name, value in ratio.items():
         print(f"{name:<15} {value:6.2f}")
     if throttled is not None:
@@ -582,6 +657,8 @@ def main() -> None:
     parser.add_argument("--throttle-devices", type=int, default=100)
     parser.add_argument("--throttle-budget", type=parse_budget, default=(1, 2.0),
                         metavar="N/SECONDS", help="Graph requests per window per tenant")  # fmt: skip
+    parser.add_argument("--repeat", type=_positive, default=3,
+                        help="rounds of the five rows; the report takes each figure's median")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -599,37 +676,12 @@ def main() -> None:
     print(f"emulator: {args.customers} customers x {args.users} users x {args.devices} devices, "
           f"latency {args.latency_ms} ms; work folder {workdir}", file=sys.stderr)  # fmt: skip
     emulator, served = start_emulator(args, workdir / "emulator")
-    rows: dict[str, dict] = {}
+    rounds: list[dict[str, dict]] = []
     try:
-        full_config = write_config(workdir / "full", served, deltas=False, parallel=args.parallel)
-        delta_config = write_config(workdir / "delta", served, deltas=True, parallel=args.parallel)
-        plan = [
-            ("raw", {}),
-            ("floor", {"database": str(workdir / "floor.db")}),
-            ("full", {"config": str(full_config),
-                      "profile": str(args.profile.resolve()) if args.profile else None}),
-            ("unchanged", {"config": str(full_config)}),
-        ]  # fmt: skip
-        for mode, extra in plan:
-            print(f"measuring {mode} ...", file=sys.stderr)
-            rows[mode] = measure(
-                {
-                    "mode": mode,
-                    "served": served,
-                    "select": select,
-                    "parallel": args.parallel,
-                    **extra,
-                },
-                workdir,
-            )
-        print("delta: first run (not measured), then 1% of users changed ...", file=sys.stderr)
-        measure({"mode": "delta-first", "config": str(delta_config)}, workdir)
-        changed = admin_post(served, "/change-users", {"fraction": 0.01})["changed"]
-        rows["delta"] = measure(
-            {"mode": "delta", "config": str(delta_config), "sync_args": ["--only", "users"]},
-            workdir,
-        )
-        rows["delta"]["changed_upstream"] = changed
+        for number in range(1, args.repeat + 1):
+            print(f"round {number} of {args.repeat}", file=sys.stderr)
+            profile = args.profile.resolve() if args.profile and number == 1 else None
+            rounds.append(measure_round(args, served, select, workdir / f"round-{number}", profile))
         emulator.terminate()
         emulator.wait(timeout=30)
         throttled = None
@@ -644,14 +696,17 @@ def main() -> None:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    ratio = ratios(rows)
-    checks = check_targets(args, rows, throttled)
-    print_report(rows, ratio, checks, throttled)
+    rows = combine(rounds)
+    ratio = ratios(rounds)
+    checks = check_targets(args, rows, ratio, throttled)
+    print_report(rows, ratio, checks, throttled, len(rounds))
     result = {
         "size": {"customers": args.customers, "users": args.users, "devices": args.devices,
                  "seed": args.seed, "latency_ms": args.latency_ms, "parallel": args.parallel},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "rows": {name: {k: v for k, v in row.items() if k != "summary"} for name, row in rows.items()},
+        "rounds": [{name: {k: v for k, v in row.items() if k != "summary"}
+                    for name, row in round_.items()} for round_ in rounds],
         "ratios": ratio,
         "throttled": throttled,
         "targets": checks,
