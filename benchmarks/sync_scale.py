@@ -601,8 +601,8 @@ def print_report(
     ratio: dict[str, float],
     checks: list[dict],
     throttled: dict | None,
-    rounds: int = 1,
 ) -> None:
+    rounds = len(next(iter(rows.values()))["walls"])
     print(f"{'run':<10} {'wall s':>8} {'records':>9} {'records/s':>10} {'peak RSS MB':>12}"
           + ("   wall s of each round" if rounds > 1 else ""))  # fmt: skip
     for name, row in rows.items():
@@ -699,7 +699,7 @@ def main() -> None:
     rows = combine(rounds)
     ratio = ratios(rounds)
     checks = check_targets(args, rows, ratio, throttled)
-    print_report(rows, ratio, checks, throttled, len(rounds))
+    print_report(rows, ratio, checks, throttled)
     result = {
         "size": {"customers": args.customers, "users": args.users, "devices": args.devices,
                  "seed": args.seed, "latency_ms": args.latency_ms, "parallel": args.parallel},

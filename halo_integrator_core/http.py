@@ -8,14 +8,12 @@ entry in the outbound request log, with the URL's secrets removed. Given a `Pace
 it before each attempt (Graph's budget per tenant, and Retry-After holds on a whole tenant)
 and tells it each outcome.
 
-``verify`` is passed with each request, never set on the session: these machines set
-``REQUESTS_CA_BUNDLE``, which requests lets override ``Session.verify``.
-
 What requests reads of the environment (proxies and ``NO_PROXY``, a CA bundle in
 ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` when ``verify`` is true) is read once per
 origin, not once per request: requests scans the whole environment twice per call, about a
 quarter of its own time per request, which a sync of hundreds of tenants pays thousands of
 times a run. ``~/.netrc`` is never read: its Basic credentials would replace a bearer token.
+``verify`` (``[endpoints] ca_bundle``) is passed with each request, never set on the session.
 """
 
 from __future__ import annotations
