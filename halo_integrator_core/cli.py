@@ -431,6 +431,10 @@ class TerminalReporter(Reporter):
             )
             click.echo(end, err=True, nl=False)
 
+    @property
+    def hears_changes(self) -> bool:
+        return self.dry_run
+
     def change(self, change: Change) -> None:
         if self.dry_run:
             fields = f" ({', '.join(change.fields)})" if change.fields else ""

@@ -107,6 +107,37 @@ def test_first_sync_adds_everything_and_the_second_changes_nothing(store, make_e
     assert counts(second)["users"]["unchanged"] == 4
 
 
+def test_changes_reach_a_reporter_that_hears_them_and_are_not_built_for_one_that_does_not(
+    make_engine, world, monkeypatch
+):
+    from halo_integrator_core import cli
+    from halo_integrator_core.sync import engine as engine_module
+
+    built: list[tuple] = []
+
+    class Counting(Change):
+        def __init__(self, *args, **kwargs) -> None:
+            built.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "Change", Counting)
+    assert not Reporter().hears_changes
+    assert not cli.TerminalReporter(dry_run=False).hears_changes
+    assert cli.TerminalReporter(dry_run=True).hears_changes
+    [first] = make_engine(reporter=cli.TerminalReporter(dry_run=False)).run()
+    assert counts(first)["users"]["added"] == 4
+    assert built == []  # a change per record added, none of them built
+
+    world.users[TENANT_A]["u-1"] = attrs.evolve(world.users[TENANT_A]["u-1"], job_title="CFO")
+    recorder = Recorder()
+    assert recorder.hears_changes  # it overrides `change`
+    make_engine(reporter=recorder).run()
+    assert [(c.entity_id, c.action, c.fields) for c in recorder.changes] == [
+        ("u-1", "updated", ("job_title",))
+    ]
+    assert len(built) == 1
+
+
 def test_a_changed_record_is_updated_and_names_its_fields(store, make_engine, world):
     recorder = Recorder()
     engine = make_engine(reporter=recorder)

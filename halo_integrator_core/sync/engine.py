@@ -232,6 +232,12 @@ class Reporter:
 
     def change(self, change: Change) -> None: ...
 
+    @property
+    def hears_changes(self) -> bool:
+        """Whether `change` wants each change: the engine builds none for a reporter that
+        does not (a full sync makes one per record). By default, whether it overrides it."""
+        return type(self).change is not Reporter.change
+
 
 _tenant_locks: dict[str, threading.Lock] = {}
 _tenant_locks_guard = threading.Lock()
@@ -417,6 +423,7 @@ class _ModuleRun:
         self.scope = scope
         self.tenant_filter = scope.tenant
         self.hooks = engine.host.hook_for(active.name)
+        self._hears_changes = engine.reporter.hears_changes
         self.run_id = result.run_id
         self.tenant_counts: dict[tuple[str, str], Counts] = {}
         self.user_rules = UserRules(engine.config)
@@ -836,7 +843,8 @@ class _ModuleRun:
     def _change(
         self, kind: str, tenant_id: str, entity_id: str, action: str, fields: tuple[str, ...] = ()
     ) -> None:
-        self.engine.reporter.change(Change(kind, tenant_id, entity_id, action, fields))
+        if self._hears_changes:
+            self.engine.reporter.change(Change(kind, tenant_id, entity_id, action, fields))
 
 
 #: `_EntityUnit._read_bookmark` before the hook's arguments are read.
