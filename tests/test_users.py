@@ -638,3 +638,27 @@ create_site = true
     stored = users(store)
     assert stored["u-1"]["site"] == "A only"
     assert stored["u-9"]["site"] == "Main"  # tenant B: no mapping names it, the catch-all does
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (" Sales ", "Sales"),
+        ("   ", None),
+        (None, None),
+        ([], None),
+        ((), None),
+        ([None, "", "+1 555 0100", "+1 555 0199"], "+1 555 0100"),
+        ([None, ""], None),
+        (["  "], None),  # the first item that is not None or "" decides, blank or not
+        ([0, 1], "0"),
+        ((False,), "false"),
+        (True, "true"),
+        ([datetime(2026, 1, 2, 3, 4, tzinfo=UTC)], "2026-01-02T03:04:00+00:00"),
+        (42, "42"),
+    ],
+)
+def test_a_source_value_becomes_psa_text_and_a_list_gives_its_first_non_blank_item(value, text):
+    from halo_integrator_core.sync.mapping import text_value
+
+    assert text_value(value) == text

@@ -118,7 +118,13 @@ def text_value(value: Any) -> str | None:
     if type(value) is str:  # the common case, first
         return value.strip() or None
     if isinstance(value, (list, tuple)):
-        value = next((item for item in value if item not in (None, "")), None)
+        # A loop, not next() over a generator: this runs for each list field of each record.
+        for item in value:
+            if item is not None and item != "":
+                value = item
+                break
+        else:
+            return None
     if value is None:
         return None
     if isinstance(value, bool):
