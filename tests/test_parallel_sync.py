@@ -209,6 +209,54 @@ def test_the_spool_stands_in_for_what_cannot_be_pickled():
     assert back[2] == RecordError(entity_id="x", reason="bad")
 
 
+@attrs.frozen
+class _Elsewhere:
+    """An attrs class of another module than the core's records: pickled whole."""
+
+    name: str
+
+
+def test_a_spilled_batch_comes_back_whole_records_by_their_fields_the_rest_as_pickled(
+    monkeypatch,
+):
+    from datetime import UTC, datetime
+
+    from halo_integrator_core.models import Checkpoint, DirectoryUser, Notice, Removed
+
+    device = ManagedDevice(
+        device_id="d-1",
+        device_name="LAPTOP-1",
+        enrolled_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        attributes={"nested": {"list": [1, 2**70, None]}},
+    )
+    batch = [
+        *_users(0, 2),
+        device,
+        *_users(2, 1),
+        Removed(entity_id="gone"),
+        Notice(code="partial", message="an optional field is empty"),
+        RecordError(entity_id="x", reason="bad"),
+        _Elsewhere("kept"),
+        {"a": "dict"},
+        Checkpoint(bookmark="https://graph.example/delta?token=1", complete=True),
+    ]
+
+    def refused(self):
+        raise AssertionError("a record's state was pickled one by one")
+
+    monkeypatch.setattr(DirectoryUser, "__getstate__", refused)
+    monkeypatch.setattr(ManagedDevice, "__getstate__", refused)
+    with Spool(memory_records=0) as spool:
+        spool.add(batch)
+        assert spool._file is not None
+        [back] = list(spool)
+    assert back == batch
+    assert [type(item) for item in back] == [type(item) for item in batch]
+    assert back[2].enrolled_at == device.enrolled_at and back[2].attributes == device.attributes
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        back[0].display_name = "changed"  # still frozen
+
+
 def test_an_unpicklable_item_is_still_reported_by_its_type(
     store, write_config, host_factory, monkeypatch
 ):
