@@ -183,14 +183,14 @@ def test_a_naive_time_is_refused_as_the_store_refuses_it(store: Store):
 
 
 def test_a_prepared_statement_is_built_once_per_key_and_runs_with_its_values(store):
-    from halo_integrator_core.store.prepared import expanding, prepared
+    from halo_integrator_core.store.prepared import in_list, prepared
 
     built = []
 
     def build() -> sa.Select:
         built.append(1)
         return sa.select(schema.customers.c.name).where(
-            schema.customers.c.name.in_(expanding()), schema.customers.c.active.is_(True)
+            in_list(schema.customers.c.name), schema.customers.c.active.is_(True)
         )
 
     key = ("test: customers named", id(store))
@@ -207,3 +207,43 @@ def test_a_prepared_statement_is_built_once_per_key_and_runs_with_its_values(sto
         names = connection.execute(first, {"b_ids": ["Contoso", "Northwind", "Nobody"]})
         assert sorted(names.scalars()) == ["Contoso", "Northwind"]
         assert connection.execute(first, {"b_ids": []}).all() == []
+
+
+def test_a_list_is_bound_as_one_parameter_whatever_its_length(store):
+    from halo_integrator_core.store.prepared import in_list
+
+    customers = schema.customers
+    names = ["Contoso", "Fabrikam", 'Nörthwind "Traders", Ltd', "O'Brien & Co", "日本"]
+    with store.unit() as connection:
+        ids = {}
+        for name in names:
+            ids[name] = connection.execute(
+                sa.insert(customers).values(
+                    name=name, source="test", active=True, created_at=NOW, updated_at=NOW
+                )
+            ).inserted_primary_key[0]
+        sent: list[str] = []
+
+        @sa.event.listens_for(connection, "before_cursor_execute")
+        def _sent(conn, cursor, statement, parameters, context, executemany) -> None:
+            sent.append(statement)
+
+        by_name = sa.select(customers.c.name).where(in_list(customers.c.name))
+        not_by_id = sa.select(customers.c.name).where(in_list(customers.c.id, negate=True))
+        lower = sa.func.lower(customers.c.name, type_=customers.c.name.type)
+        by_lower = sa.select(customers.c.name).where(in_list(lower, "b_keys"))
+
+        def run(statement, **values) -> list[str]:
+            return sorted(connection.execute(statement, values).scalars())
+
+        assert run(by_name, b_ids=names[2:]) == sorted(names[2:])
+        assert run(by_name, b_ids=["Contoso"]) == ["Contoso"]
+        assert run(by_name, b_ids=[]) == []
+        assert run(by_name, b_ids=["contoso", "Nobody"]) == []
+        assert run(not_by_id, b_ids=[ids["Contoso"], ids["日本"]]) == sorted(names[1:4])
+        assert run(not_by_id, b_ids=[]) == sorted(names)
+        assert run(by_lower, b_keys=["contoso", "o'brien & co"]) == ["Contoso", "O'Brien & Co"]
+        # One statement text for lists of three, one and none: nothing rendered per length.
+        assert len(set(sent[:4])) == 1 and len(set(sent[4:6])) == 1
+    with pytest.raises(TypeError, match="has no type"):
+        in_list(sa.func.lower(customers.c.name))

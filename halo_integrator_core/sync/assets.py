@@ -35,7 +35,7 @@ from ..config import (
 )
 from ..models import AssetQuery, ManagedDevice
 from ..store import schema, utcnow
-from ..store.prepared import by_external_id, expanding, free_to_take, prepared
+from ..store.prepared import by_external_id, free_to_take, in_list, prepared
 from .mapping import MAIN_SITE, SiteFinder, TenantTarget, _json_safe, record_getter, text_value, utc
 
 #: Intune properties every `ManagedDevice` carries in a field of its own.
@@ -276,7 +276,7 @@ class AssetRules:
                 .where(
                     scope == sa.bindparam("b_scope"),
                     users.c.active.is_(True),
-                    sa.func.lower(column).in_(expanding("b_keys")),
+                    in_list(sa.func.lower(column, type_=column.type), "b_keys"),
                 )
                 .order_by(users.c.id)
             ),
@@ -368,9 +368,9 @@ def find_assets(
                 "assets claiming keys",
                 lambda: sa.select(table.c.match_key, table.c.external_id).where(
                     table.c.tenant_ref == sa.bindparam("b_tenant"),
-                    table.c.match_key.in_(expanding("b_keys")),
+                    in_list(table.c.match_key, "b_keys"),
                     table.c.seen_run_id == sa.bindparam("b_run"),
-                    table.c.external_id.not_in(expanding()),
+                    in_list(table.c.external_id, negate=True),
                 ),
             ),
             values,
@@ -398,7 +398,7 @@ def find_assets(
                 sa.select(table)
                 .where(
                     table.c.customer_id == sa.bindparam("b_customer"),
-                    table.c.match_key.in_(expanding("b_keys")),
+                    in_list(table.c.match_key, "b_keys"),
                     free_to_take(table),
                 )
                 .order_by(table.c.id)

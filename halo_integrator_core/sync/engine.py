@@ -46,7 +46,7 @@ from ..pacing import Pacer
 from ..plugins import ActiveModule, PluginHost
 from ..store import Store, schema, utcnow
 from ..store.bulk import insert_rows, update_rows
-from ..store.prepared import by_external_id, expanding, prepared, unseen
+from ..store.prepared import by_external_id, in_list, prepared, unseen
 from ..store.request_log import RunClients
 from .assets import AssetRules, find_assets, is_sense
 from .bookmarks import get_bookmark, save_bookmark, tenant_key
@@ -1014,7 +1014,7 @@ class _EntityUnit:
                     ("seen", table.name),
                     lambda: (
                         sa.update(table)
-                        .where(table.c.id.in_(expanding()))
+                        .where(in_list(table.c.id))
                         .values(seen_run_id=sa.bindparam("b_run"))
                     ),
                 ),
@@ -1036,7 +1036,7 @@ class _EntityUnit:
                     table.c.tenant_ref == sa.bindparam("b_tenant"),
                     table.c.source_digest.is_not(None),
                 )
-                return select.where(table.c.external_id.in_(expanding())) if short else select
+                return select.where(in_list(table.c.external_id)) if short else select
 
             values = {"b_tenant": self.target.tenant_ref} | (
                 {"b_ids": list(digests)} if short else {}
@@ -1092,7 +1092,7 @@ class _EntityUnit:
                         sa.update(table)
                         .where(
                             table.c.tenant_ref == sa.bindparam("b_tenant"),
-                            table.c.external_id.in_(expanding()),
+                            in_list(table.c.external_id),
                         )
                         .values(seen_run_id=sa.bindparam("b_run"))
                     ),
@@ -1119,7 +1119,7 @@ class _EntityUnit:
             select = sa.select(table.c.id, table.c.external_id).where(
                 table.c.tenant_ref == sa.bindparam("b_tenant"),
                 table.c.active.is_(True),
-                table.c.external_id.in_(expanding()) if removed is not None else unseen(table),
+                in_list(table.c.external_id) if removed is not None else unseen(table),
             )
             if site_id is not None:
                 select = select.where(table.c.site_id == sa.bindparam("b_site"))
@@ -1367,7 +1367,7 @@ class _UserUnit(_EntityUnit):
                     "user ids by object id",
                     lambda: sa.select(table.c.external_id, table.c.id).where(
                         table.c.tenant_ref == sa.bindparam("b_tenant"),
-                        table.c.external_id.in_(expanding()),
+                        in_list(table.c.external_id),
                     ),
                 ),
                 {"b_tenant": self.target.tenant_ref, "b_ids": list(users)},
@@ -1386,7 +1386,7 @@ class _UserUnit(_EntityUnit):
                     "licence assignments of users",
                     lambda: sa.select(
                         assignments.c.licence_id, assignments.c.user_id, assignments.c.active
-                    ).where(assignments.c.user_id.in_(expanding())),
+                    ).where(in_list(assignments.c.user_id)),
                 ),
                 {"b_ids": list(user_ids.values())},
             )

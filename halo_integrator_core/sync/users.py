@@ -30,7 +30,7 @@ from ..config import (
 )
 from ..models import DirectoryUser, UserQuery
 from ..store import schema
-from ..store.prepared import by_external_id, expanding, free_to_take, prepared, unseen
+from ..store.prepared import by_external_id, free_to_take, in_list, prepared, unseen
 from .mapping import (
     MAIN_SITE,
     SiteFinder,
@@ -504,7 +504,7 @@ def find_matches(
                 sa.select(table)
                 .where(
                     table.c.customer_id == sa.bindparam("b_customer"),
-                    sa.func.lower(column).in_(expanding("b_keys")),
+                    in_list(sa.func.lower(column, type_=column.type), "b_keys"),
                     free_to_take(table),
                 )
                 .order_by(table.c.id)
