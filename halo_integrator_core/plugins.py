@@ -87,8 +87,7 @@ class PluginHost:
                 log.warning("plugin.duplicate_entry_point", plugin=ep.name, value=ep.value)
                 continue
             seen.add(ep.name)
-            dist = getattr(ep, "dist", None)
-            self._dist[ep.name] = (dist.name if dist else None, dist.version if dist else None)
+            self._dist[ep.name] = _name_and_version(getattr(ep, "dist", None))
             if not self.config.module_enabled(ep.name):
                 self.pm.set_blocked(ep.name)
                 self._infos[ep.name] = self._info(ep.name, enabled=False, loaded=False)
@@ -266,6 +265,30 @@ class _SubsetHooks:
 
 def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
     return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def _name_and_version(
+    dist: importlib.metadata.Distribution | None,
+) -> tuple[str | None, str | None]:
+    """A distribution's name and version, from the header lines of its ``METADATA``.
+
+    ``dist.name`` and ``dist.version`` each parse the whole file with the email parser:
+    for the three entry points of our own distribution, 14 ms of every command's start.
+    Both are single-line headers of the core metadata, read here in one pass; a file
+    without them goes the parser's way.
+    """
+    if dist is None:
+        return None, None
+    found: dict[str, str] = {}
+    for line in (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").splitlines():
+        if not line:
+            break  # the headers end at the first blank line; the description follows
+        key, colon, value = line.partition(":")
+        if colon and key in ("Name", "Version") and key not in found:
+            found[key] = value.strip()
+    if len(found) < 2:
+        return dist.name, dist.version
+    return found["Name"], found["Version"]
 
 
 def _distribution_of(plugin: object) -> tuple[str | None, str | None]:

@@ -518,3 +518,29 @@ def test_a_disabled_modules_name_cannot_be_registered(config) -> None:
     finally:
         if host.pm.is_registered(plugin):
             host.pm.unregister(plugin)
+
+
+def test_a_plugins_distribution_name_and_version_are_read_from_its_metadata_headers():
+    import importlib.metadata
+
+    from halo_integrator_core.plugins import _name_and_version
+
+    for dist in importlib.metadata.distributions():
+        assert _name_and_version(dist) == (dist.name, dist.version)
+
+    class Written(importlib.metadata.Distribution):
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def read_text(self, filename: str) -> str | None:
+            return self.text if filename == "METADATA" else None
+
+        def locate_file(self, path):  # pragma: no cover - not read
+            raise AssertionError(path)
+
+    body = "Metadata-Version: 2.1\nName: halo-extra\nVersion: 2.0\n\nName: not-a-header\n"
+    assert _name_and_version(Written(body)) == ("halo-extra", "2.0")
+    # Folded or missing headers: the email parser decides, as dist.name would.
+    odd = "Metadata-Version: 2.1\nVersion: 3.1\nSummary: x\n"
+    assert _name_and_version(Written(odd)) == (None, "3.1")
+    assert _name_and_version(None) == (None, None)
