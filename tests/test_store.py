@@ -317,3 +317,43 @@ def test_timestamps_are_read_back_as_written(store):
             sa.select(schema.customers.c.created_at).order_by(schema.customers.c.name)
         ).scalars()
         assert list(found) == values
+
+
+@pytest.mark.postgres
+def test_a_pooled_server_connection_is_tested_only_after_idling_and_replaced_if_dropped(
+    store, monkeypatch
+):
+    import halo_integrator_core.store as store_module
+
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    pings = []
+    ping = store_module._ping_if_idle
+
+    def counted(dbapi_connection, record, proxy):
+        before = record.info.get("halo_checked_in")
+        if before is not None and store_module.time.monotonic() - before >= (
+            store_module.IDLE_PING_SECONDS
+        ):
+            pings.append(1)  # it will test this one
+        ping(dbapi_connection, record, proxy)
+
+    sa.event.remove(store.engine, "checkout", ping)
+    sa.event.listen(store.engine, "checkout", counted)
+
+    def backend() -> int:
+        with store.read() as connection:
+            return connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+
+    first = backend()
+    assert [backend() for _ in range(5)] == [first] * 5  # one pooled connection, reused
+    assert pings == []  # back in the pool a moment ago each time: not tested
+
+    # The server drops it (a restart, say) while it idles past the threshold.
+    admin = sa.create_engine(store.engine.url)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"SELECT pg_terminate_backend({first})")
+    admin.dispose()
+    monkeypatch.setattr(store_module, "IDLE_PING_SECONDS", 0.0)
+    replaced = backend()  # tested, found dropped, replaced: no error reaches the caller
+    assert replaced != first and pings == [1]
