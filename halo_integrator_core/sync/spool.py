@@ -7,10 +7,10 @@ first batches wait in memory; past `MEMORY_RECORDS` the rest are pickled to an a
 temporary file, so memory stays the same whatever the size of the directory.
 
 A spilled batch is pickled by columns: each run of records of one of the core's record
-types goes as the class once and a tuple of field values per record, and comes back through the
-class's slots, as attrs' own unpickling does it (no ``__init__``, no converters). attrs'
-per-record state dicts cost about three times as much to write and read, and users past
-the first thousand of each tenant were spilled in every sync.
+types goes as the class once and a tuple of field values per record, and comes back
+through the class's slots, as attrs' own unpickling does it (no ``__init__``, no
+converters). attrs' per-record state dicts cost about twice as much to write and read,
+and the users past the first thousand of each tenant are spilled in every sync.
 """
 
 from __future__ import annotations
