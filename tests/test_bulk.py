@@ -213,7 +213,8 @@ def test_a_list_is_bound_as_one_parameter_whatever_its_length(store):
     from halo_integrator_core.store.prepared import in_list
 
     customers = schema.customers
-    names = ["Contoso", "Fabrikam", 'Nörthwind "Traders", Ltd', "O'Brien & Co", "日本"]
+    longest = "N" * customers.c.name.type.length  # as long as the column takes
+    names = ["Contoso", "Fabrikam", 'Nörthwind "Traders", Ltd', "O'Brien & Co", "日本", longest]
     with store.unit() as connection:
         ids = {}
         for name in names:
@@ -240,10 +241,14 @@ def test_a_list_is_bound_as_one_parameter_whatever_its_length(store):
         assert run(by_name, b_ids=["Contoso"]) == ["Contoso"]
         assert run(by_name, b_ids=[]) == []
         assert run(by_name, b_ids=["contoso", "Nobody"]) == []
-        assert run(not_by_id, b_ids=[ids["Contoso"], ids["日本"]]) == sorted(names[1:4])
+        assert run(by_name, b_ids=[longest + "N"]) == []  # longer than the column: no match
+        assert run(by_name, b_ids=[longest]) == [longest]
+        assert run(not_by_id, b_ids=[ids["Contoso"], ids["日本"], ids[longest]]) == sorted(
+            names[1:4]
+        )
         assert run(not_by_id, b_ids=[]) == sorted(names)
         assert run(by_lower, b_keys=["contoso", "o'brien & co"]) == ["Contoso", "O'Brien & Co"]
-        # One statement text for lists of three, one and none: nothing rendered per length.
-        assert len(set(sent[:4])) == 1 and len(set(sent[4:6])) == 1
+        # One statement text for lists of any length: nothing rendered per length.
+        assert len(set(sent[:6])) == 1 and len(set(sent[6:8])) == 1
     with pytest.raises(TypeError, match="has no type"):
         in_list(sa.func.lower(customers.c.name))

@@ -99,8 +99,14 @@ def _in_json_each(element: _InList, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(_InList, "postgresql")
 def _in_any_array(element: _InList, compiler: SQLCompiler, **kw: Any) -> str:
-    # The cast gives an empty list (an array of unknown type to the driver) its type.
-    array = compiler.dialect.type_compiler_instance.process(element.operand.type) + "[]"
+    # The cast gives an empty list (an array of unknown type to the driver) its type. Text
+    # goes as TEXT[], never VARCHAR(n)[]: that cast would cut a longer value down to n
+    # characters, and so match a row it is not.
+    kind = element.operand.type
+    if isinstance(kind, sa.String):
+        array = "TEXT[]"
+    else:
+        array = compiler.dialect.type_compiler_instance.process(kind) + "[]"
     test = (
         f"{compiler.process(element.operand, **kw)} = "
         f"ANY(CAST({compiler.process(element.values, **kw)} AS {array}))"
