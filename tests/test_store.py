@@ -48,7 +48,12 @@ def _index_definition(connection: sa.Connection, name: str) -> str:
     if connection.dialect.name == "sqlite":
         query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
     else:
-        query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+        # This test's own schema: pg_indexes lists every schema's, and another test run
+        # on the same server may hold one of the same name at the same time.
+        query = (
+            "SELECT indexdef FROM pg_indexes WHERE indexname = :name "
+            "AND schemaname = current_schema()"
+        )
     definition = connection.execute(sa.text(query), {"name": name}).scalar_one()
     # PostgreSQL spells the expression lower((user_principal_name)::text).
     return definition.lower().replace("((", "(").replace(")::text)", ")")
