@@ -125,13 +125,10 @@ def _layout(cls: type) -> _Layout | None:
     return layout
 
 
-#: A spilled batch: a list of `_ITEM`, item or `_RECORDS`, class, [values, ...] entries.
-_ITEM, _RECORDS = 0, 1
-
-
-def _columns(batch: list[Any]) -> list[Any]:
-    """``batch`` as runs of one class's records by their values, other items as they are."""
-    out: list[Any] = []
+def _columns(batch: list[Any]) -> list[tuple[type | None, Any]]:
+    """``batch`` as runs: ``(class, [values, ...])`` for consecutive records of one record
+    type, ``(None, item)`` for any other item."""
+    out: list[tuple[type | None, Any]] = []
     current: type | None = None
     rows: list[tuple[Any, ...]] = []
     for item in batch:
@@ -139,28 +136,23 @@ def _columns(batch: list[Any]) -> list[Any]:
         if cls is not current:
             layout = _layout(cls)
             if layout is None:
-                out += (_ITEM, item)
+                out.append((None, item))
                 current = None
                 continue
             current, rows = cls, []
-            out += (_RECORDS, cls, rows)
+            out.append((cls, rows))
         rows.append(layout.values(item))  # type: ignore[union-attr]
     return out
 
 
-def _rows(columns: list[Any]) -> list[Any]:
+def _rows(columns: list[tuple[type | None, Any]]) -> list[Any]:
     """The batch `_columns` took apart."""
     batch: list[Any] = []
-    index = 0
-    while index < len(columns):
-        if columns[index] == _ITEM:
-            batch.append(columns[index + 1])
-            index += 2
+    for cls, payload in columns:
+        if cls is None:
+            batch.append(payload)
         else:
-            layout = _layout(columns[index + 1])
-            assert layout is not None
-            batch += map(layout.build, columns[index + 2])
-            index += 3
+            batch += map(_layout(cls).build, payload)  # type: ignore[union-attr]
     return batch
 
 
