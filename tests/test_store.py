@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 import threading
@@ -16,7 +18,14 @@ from sqlalchemy.dialects.postgresql import dialect as postgresql_dialect
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.types import TypeDecorator
 
-from halo_integrator_core.store import HEAD_REVISION, Store, StoreError, schema, utcnow
+from halo_integrator_core.store import (
+    HEAD_REVISION,
+    Store,
+    StoreError,
+    json_text,
+    schema,
+    utcnow,
+)
 
 
 def _insert_customer(store: Store, name: str) -> None:
@@ -322,6 +331,51 @@ def test_timestamps_are_read_back_as_written(store):
             sa.select(schema.customers.c.created_at).order_by(schema.customers.c.name)
         ).scalars()
         assert list(found) == values
+
+
+_JSON_VALUES = [
+    {},
+    [],
+    {"usageLocation": "NO", "assignedSkuIds": ["a", "b"], "groups": []},
+    {"nested": {"deeper": [1, 2.5, -0.0, 10**30, True, False, None]}, "": "empty key"},
+    'Ærøskøbing \u2603 \U0001f600 "quoted" back\\slash \n\t\x00',
+    [math.inf, -math.inf, 1e-320, 0.1 + 0.2],
+    {"1": 1, "2": {"3": [[], {}, [[[]]]]}},
+    42,
+    None,
+    "x" * 10_000,
+]
+
+
+@pytest.mark.parametrize("value", _JSON_VALUES)
+def test_json_text_writes_what_json_dumps_writes(value):
+    assert json_text(value) == json.dumps(value)
+
+
+def test_json_text_refuses_what_json_dumps_refuses():
+    for value in ({"when": datetime(2026, 1, 1, tzinfo=UTC)}, [Decimal("1.5")], {1j: 1}):
+        with pytest.raises(TypeError) as ours:
+            json_text(value)
+        with pytest.raises(TypeError) as theirs:
+            json.dumps(value)
+        assert str(ours.value) == str(theirs.value)
+
+
+def test_the_stores_json_columns_are_written_by_json_text(store):
+    assert store.engine.dialect._json_serializer is json_text
+    value = _JSON_VALUES[3] | {"text": _JSON_VALUES[4]}
+    with store.unit() as connection:
+        connection.execute(
+            sa.insert(schema.sync_runs).values(
+                module="m", started_at=utcnow(), outcome="running", options=value
+            )
+        )
+    with store.read() as connection:
+        options, text = connection.execute(
+            sa.select(schema.sync_runs.c.options, sa.cast(schema.sync_runs.c.options, sa.Text))
+        ).one()
+    assert options == value
+    assert text == json.dumps(value)
 
 
 @pytest.mark.postgres
