@@ -18,7 +18,9 @@ in a fresh process so that its peak RSS is the syncing process's own:
 The five rows are measured ``--repeat`` times (3 by default), each round with stores and
 tokens of its own; a row's figure is its median wall time, a ratio the median of the rounds'
 own ratios, a peak RSS the highest of any round: on a shared machine one run's seconds can
-move by a third. It prints a table and the ratios, writes JSON (``--json``, every round's
+move by a third. Each row also has the CPU seconds of its process (all threads, user and
+system) and of the emulator while it ran (Linux): the two share the machine's cores, so
+the CPU shows what bounds a row where its wall time alone cannot. It prints a table and the ratios, writes JSON (``--json``, every round's
 figures too), and exits 1 when a target of `TARGETS` that applies at this size and latency
 is missed (``--no-targets``: measure only).
 Not a test: pytest collects ``tests/`` only (where one test checks the report's target
@@ -132,6 +134,7 @@ def start_emulator(args: argparse.Namespace, state_dir: Path) -> tuple[subproces
     [connection] = data["modules"]["microsoft_csp"]["connections"]
     secrets = dict(re.findall(r"# export (HALO_EMULATOR_\w+?)=(\S+)", snippet))
     served = {
+        "pid": process.pid,
         "endpoints": data["endpoints"],
         "admin": data["endpoints"]["graph"].rsplit("/graph", 1)[0] + "/_admin",
         "partner_tenant": connection["tenant_id"],
@@ -312,7 +315,7 @@ def _run_client(spec: dict) -> dict:
             extra = {h["key"]: h["value"] for h in link.get("headers") or ()}
             params = None
 
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     partner = served["partner_tenant"]
     pc_headers = token(partner, "partner_center_app", "https://api.partnercenter.microsoft.com")
     resellers = set()
@@ -356,8 +359,11 @@ def _run_client(spec: dict) -> dict:
     # As many tenants at once as the sync (`integrator.parallel_tenants`).
     with ThreadPoolExecutor(spec["parallel"]) as pool:
         list(pool.map(one_tenant, tenants))
-    wall = time.perf_counter() - started
-    return {"wall": wall, "records": sum(counts.values()), "counts": counts, "rss": peak_rss_mb()}
+    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+    return {
+        "wall": wall, "cpu": cpu, "records": sum(counts.values()), "counts": counts,
+        "rss": peak_rss_mb(),
+    }  # fmt: skip
 
 
 def _run_sync(spec: dict) -> dict:
@@ -372,7 +378,7 @@ def _run_sync(spec: dict) -> dict:
         import cProfile
 
         profile = cProfile.Profile()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     code = 0
     with contextlib.redirect_stdout(out):
         if profile:
@@ -384,13 +390,14 @@ def _run_sync(spec: dict) -> dict:
         finally:
             if profile:
                 profile.disable()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     if profile:
         profile.dump_stats(spec["profile"])
     summary = out.getvalue()
     counts = _summary_counts(summary)
     return {
         "wall": wall,
+        "cpu": cpu,
         "records": sum(sum(c.values()) for c in counts.values()),
         "counts": {kind: sum(c.values()) for kind, c in counts.items()},
         "changes": counts,
@@ -413,8 +420,21 @@ def _summary_counts(summary: str) -> dict[str, dict[str, int]]:
     return counts
 
 
+def process_cpu(pid: int | None) -> float | None:
+    """The CPU seconds (user and system) process ``pid`` has used so far, from Linux's
+    ``/proc``; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def measure(spec: dict, workdir: Path) -> dict:
-    """Run ``spec`` in a fresh process; its result."""
+    """Run ``spec`` in a fresh process; its result, with the CPU the emulator spent
+    meanwhile (serving it: the two share the machine's cores)."""
+    emulator = spec.get("served", {}).get("pid")
+    emulator_before = process_cpu(emulator)
     spec_path = workdir / f"{spec['mode']}.spec.json"
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     log = workdir / f"{spec['mode']}.log"
@@ -426,6 +446,9 @@ def measure(spec: dict, workdir: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{spec['mode']} failed (exit {done.returncode}); see {log}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    emulator_after = process_cpu(emulator)
+    if emulator_before is not None and emulator_after is not None:
+        result["emulator_cpu"] = emulator_after - emulator_before
     if result.get("exit"):
         raise SystemExit(f"{spec['mode']}: sync exited {result['exit']}:\n{result['summary']}")
     return result
@@ -510,12 +533,10 @@ def measure_round(
         spec = {"mode": mode, "served": served, "select": select, "parallel": args.parallel}
         rows[mode] = measure(spec | extra, workdir)
     print("delta: first run (not measured), then 1% of users changed ...", file=sys.stderr)
-    measure({"mode": "delta-first", "config": str(delta_config)}, workdir)
+    delta = {"config": str(delta_config), "served": served}
+    measure(delta | {"mode": "delta-first"}, workdir)
     changed = admin_post(served, "/change-users", {"fraction": 0.01})["changed"]
-    rows["delta"] = measure(
-        {"mode": "delta", "config": str(delta_config), "sync_args": ["--only", "users"]},
-        workdir,
-    )
+    rows["delta"] = measure(delta | {"mode": "delta", "sync_args": ["--only", "users"]}, workdir)
     rows["delta"]["changed_upstream"] = changed
     return rows
 
@@ -547,8 +568,9 @@ def ratios(rounds: list[dict[str, dict]]) -> dict[str, float]:
 
 
 def combine(rounds: list[dict[str, dict]]) -> dict[str, dict]:
-    """One row per run: the median wall time of the rounds (and each round's), the
-    records of the first round, the highest peak RSS of any."""
+    """One row per run: the median wall time of the rounds (and each round's), the median
+    CPU seconds of the measured process and of the emulator meanwhile, the records of the
+    first round, the highest peak RSS of any."""
     rows: dict[str, dict] = {}
     for name, first in rounds[0].items():
         walls = [round_[name]["wall"] for round_ in rounds]
@@ -558,6 +580,9 @@ def combine(rounds: list[dict[str, dict]]) -> dict[str, dict]:
             "walls": walls,
             "rss": max(round_[name]["rss"] for round_ in rounds),
         }
+        for key in ("cpu", "emulator_cpu"):
+            values = [round_[name][key] for round_ in rounds if round_[name].get(key) is not None]
+            rows[name][key] = statistics.median(values) if values else None
     return rows
 
 
@@ -605,15 +630,21 @@ def print_report(
     throttled: dict | None,
 ) -> None:
     rounds = len(next(iter(rows.values()))["walls"])
-    print(f"{'run':<10} {'wall s':>8} {'records':>9} {'records/s':>10} {'peak RSS MB':>12}"
+    print(f"{'run':<10} {'wall s':>8} {'CPU s':>7} {'emul. CPU s':>11} {'records':>9} "
+          f"{'records/s':>10} {'peak RSS MB':>12}"
           + ("   wall s of each round" if rounds > 1 else ""))  # fmt: skip
     for name, row in rows.items():
         rate = row["records"] / row["wall"] if row["wall"] else 0
         each = "   " + " ".join(f"{w:.2f}" for w in row["walls"]) if rounds > 1 else ""
-        print(
-            f"{name:<10} {row['wall']:>8.2f} {row['records']:>9} {rate:>10.0f} {row['rss']:>12.0f}"
-            + each
+        cpu, emulator = (
+            "" if row.get(key) is None else f"{row[key]:.2f}" for key in ("cpu", "emulator_cpu")
         )
+        print(
+            f"{name:<10} {row['wall']:>8.2f} {cpu:>7} {emulator:>11} {row['records']:>9} "
+            f"{rate:>10.0f} {row['rss']:>12.0f}" + each
+        )
+    print("(CPU s: the measured process's, user and system, all its threads; emul. CPU s: "
+          "the emulator's meanwhile)")  # fmt: skip
     print()
     if rounds > 1:
         print(f"ratios: the median of the {rounds} rounds' own")

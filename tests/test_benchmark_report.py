@@ -27,17 +27,24 @@ def bench():
         del sys.modules[spec.name]
 
 
-def _round(full: float, rss: float = 150.0) -> dict[str, dict]:
+def _round(full: float, rss: float = 150.0, cpu: float | None = None) -> dict[str, dict]:
     walls = {"raw": 1.0, "floor": 1.2, "full": full, "unchanged": full * 0.6, "delta": full / 25}
-    return {name: {"wall": wall, "records": 1000, "rss": rss} for name, wall in walls.items()}
+    return {
+        name: {"wall": wall, "records": 1000, "rss": rss, "cpu": cpu or wall * 0.9,
+               "emulator_cpu": 0.5}
+        for name, wall in walls.items()
+    }  # fmt: skip
 
 
 def test_the_report_takes_medians_and_checks_every_target_with_the_throttled_run(
     bench, tmp_path, capsys
 ):
-    rounds = [_round(3.0), _round(1.5, rss=260.0), _round(1.7)]
+    rounds = [_round(3.0), _round(1.5, rss=260.0, cpu=9.0), _round(1.7)]
+    rounds[2]["full"]["emulator_cpu"] = None  # a round measured off Linux
     rows, ratio = bench.combine(rounds), bench.ratios(rounds)
     assert rows["full"]["wall"] == 1.7 and rows["full"]["walls"] == [3.0, 1.5, 1.7]
+    assert rows["full"]["cpu"] == pytest.approx(2.7)  # the median: 2.7, 9.0, 1.53
+    assert rows["full"]["emulator_cpu"] == 0.5
     assert rows["full"]["rss"] == 260.0  # the highest of any round
     assert ratio["full/floor"] == pytest.approx(1.7 / 1.2)  # the median of the rounds' own
     throttled = {
@@ -57,9 +64,27 @@ def test_the_report_takes_medians_and_checks_every_target_with_the_throttled_run
     bench.print_report(rows, ratio, list(checks.values()), throttled)
     printed = capsys.readouterr().out
     assert "throttled: 50 tenants" in printed and "MISSED" in printed
+    [full_line] = [line for line in printed.splitlines() if line.startswith("full ")]
+    assert full_line.split()[1:4] == ["1.70", "2.70", "0.50"]  # wall, CPU, emulator CPU
 
     baseline = tmp_path / "base.json"
     baseline.write_text(json.dumps({"size": {"users": 1000}, "rows": {"full": {"rss": 200.0}}}))
     args.users, args.rss_baseline = 10000, str(baseline)
     growth = bench.check_targets(args, rows, ratio)[-1]
     assert growth["value"] == 1.3 and not growth["met"]
+
+
+def test_process_cpu_reads_a_processes_cpu_seconds_or_none(bench):
+    import os
+    import time
+
+    if not Path(f"/proc/{os.getpid()}/stat").exists():
+        pytest.skip("no /proc: the benchmark leaves the emulator's CPU out")
+    before = bench.process_cpu(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # spend 0.3 s of CPU
+        pass
+    after = bench.process_cpu(os.getpid())
+    assert before is not None and after is not None
+    assert 0.2 <= after - before <= 5.0  # clock ticks of 10 ms: about 0.3 s, not exactly
+    assert bench.process_cpu(2**22 + 1) is None  # above Linux's largest PID: none such
