@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from halo_integrator_core.store import Store, schema
-from halo_integrator_core.store.bulk import insert_rows, update_rows
+from halo_integrator_core.store.bulk import _column_processor, insert_rows, update_rows
 
 NOW = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
 
@@ -166,6 +166,39 @@ def test_update_rows_by_a_composite_key(store: Store):
         )
         found = dict(connection.execute(sa.select(table.c.user_id, table.c.active)).all())
     assert found == {user_ids[0]: True, user_ids[1]: False}
+
+
+def test_a_column_is_processed_as_each_value_would_be_with_fewer_calls():
+    calls = []
+
+    def processor(value):
+        calls.append(value)
+        return ("processed", repr(value))
+
+    process = _column_processor(processor)
+    assert calls == [None]  # what None becomes is known from the start
+    shared, a_dict, an_equal_dict = NOW, {"a": 1}, {"a": 1}
+    column = [shared, shared, None, {}, [], {}, None, 7, 7, "x", a_dict, a_dict, an_equal_dict]
+    column.append(shared)
+    assert process(column) == [("processed", repr(v)) for v in column]
+    # Again for an object only after another came between (an equal one is another); None
+    # and the empty dict and list once.
+    assert calls == [None, shared, {}, [], 7, "x", a_dict, an_equal_dict, shared]
+    calls.clear()
+    assert process([None, {}, []]) == [("processed", repr(v)) for v in (None, {}, [])]
+    assert calls == []  # known from before
+
+
+def test_a_processor_that_refuses_none_refuses_each_none():
+    def processor(value):
+        if value is None:
+            raise ValueError("no None here")
+        return value
+
+    process = _column_processor(processor)
+    assert process([1, 2]) == [1, 2]
+    with pytest.raises(ValueError, match="no None here"):
+        process([1, None])
 
 
 def test_an_update_row_without_its_key_is_refused(store: Store):

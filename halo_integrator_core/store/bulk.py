@@ -15,10 +15,9 @@ SQL, the same processed values, the same column defaults for columns a row leave
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import date, datetime, time
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -108,26 +107,30 @@ class _Compiled:
         getter = operator.itemgetter(*self.columns)
         self.values = getter if len(self.columns) > 1 else lambda row: (getter(row),)
         self.processors = [
-            (index, _remembering(processor))
+            (index, _column_processor(processor))
             for index, processor in enumerate(processors)
             if processor is not None
         ]
         self.defaults = defaults
 
     def execute(self, connection: Connection, rows: list[Mapping[str, Any]]) -> None:
-        values_of, processors, defaults = self.values, self.processors, self.defaults
-        parameters: list[Any] = []
-        for row in rows:
-            if defaults:
-                row = {**{k: d() for k, d in defaults.items()}, **row}
-            values = values_of(row)
-            if processors:
-                values = list(values)
-                for index, process in processors:
-                    values[index] = process(values[index])
-            parameters.append(
-                tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
-            )
+        defaults = self.defaults
+        if defaults:
+            rows = [{**{k: d() for k, d in defaults.items()}, **row} for row in rows]
+        values: list[tuple[Any, ...]] = list(map(self.values, rows))
+        if self.processors and values:
+            # Column by column: a processor runs over its column in one loop, not called
+            # once per row through a wrapper, and the rows are taken apart and put back
+            # together by zip (in C).
+            columns: list[Sequence[Any]] = list(zip(*values, strict=True))
+            for index, process in self.processors:
+                columns[index] = process(columns[index])
+            values = list(zip(*columns, strict=True))
+        parameters: list[Any] = (
+            values
+            if self.positional
+            else [dict(zip(self.names, row, strict=True)) for row in values]
+        )
         connection.exec_driver_sql(self.sql, parameters)
 
 
@@ -155,34 +158,45 @@ def _default_of(column: sa.Column[Any]) -> Callable[[], Any]:
     return lambda: function(None)  # SQLAlchemy wraps a no-argument callable to take a context
 
 
-def _remembering(processor: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``processor``, not called again for the very object it processed last: the batch's
-    shared values (one timestamp, one run ID) are processed once, not once per row."""
-    # One (value, result) pair, replaced whole: statements are shared between threads.
-    memo: list[tuple[Any, Any]] = [(_NOTHING, None)]
+def _column_processor(processor: Callable[[Any], Any]) -> Callable[[Sequence[Any]], list[Any]]:
+    """``processor`` over a column's values, not called again for the very object it
+    processed just before (the batch's shared timestamps and IDs), nor for ``None`` or an
+    empty dict or list (a JSON column's usual value), whose results it knows already.
+    Processors are pure functions of their value: the results are those of calling it
+    for each."""
+    known: dict[type, Any] = {}
+    # A type that refuses None is called (and refuses) for each None instead.
+    with contextlib.suppress(Exception):
+        known[type(None)] = processor(None)
 
-    empty: dict[type, Any] = {}
-
-    def process(value: Any) -> Any:
-        seen, result = memo[0]
-        if value is seen:
-            return result
-        kind = type(value)
-        if (kind is dict or kind is list) and not value:
-            # An empty dict or list (a JSON column's usual value): processed once.
-            if kind not in empty:
-                empty[kind] = processor(kind())
-            return empty[kind]
-        result = processor(value)
-        # Only immutable values are safe to reuse by identity: a dict may change in between.
-        if isinstance(value, _IMMUTABLE):
-            memo[0] = (value, result)
-        return result
+    def process(column: Sequence[Any]) -> list[Any]:
+        out: list[Any] = []
+        append = out.append
+        last: Any = _NOTHING
+        result: Any = None
+        for value in column:
+            if value is last:
+                append(result)
+                continue
+            kind = type(value)
+            if value is None and kind in known:
+                append(known[kind])
+                continue
+            if (kind is dict or kind is list) and not value:
+                if kind not in known:
+                    known[kind] = processor(kind())
+                append(known[kind])
+                continue
+            # The column's rows are all there at once: an object in two of them is the same
+            # value in both, a dict too.
+            result = processor(value)
+            last = value
+            append(result)
+        return out
 
     return process
 
 
 _NOTHING = object()
-_IMMUTABLE = (str, int, float, bytes, datetime, date, time, Decimal, type(None))
 
 __all__ = ["insert_rows", "update_rows"]
