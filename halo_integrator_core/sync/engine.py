@@ -1290,43 +1290,41 @@ class _UserUnit(_EntityUnit):
                 continue
             if self.site_id is not None and placement.site_id != self.site_id:
                 continue  # another site's user: not this run's
+            # The rules' dict of columns is this row's own: completed in place, not copied.
             values = self.rules.columns(
                 user,
                 placement,
                 row,
                 service_account=self.rules.is_service_account(user, sku_names),
-            ) | {
-                "customer_id": self.target.customer_id,
-                "tenant_ref": self.target.tenant_ref,
-                "external_id": object_id,
-                "active": self.rules.active(user),
-            }
+            )
+            values["customer_id"] = self.target.customer_id
+            values["tenant_ref"] = self.target.tenant_ref
+            values["external_id"] = object_id
+            values["active"] = self.rules.active(user)
             # A per-site run has no digests: a row it writes loses its digest (it was
             # written from another record than the one the digest named).
-            digest = {"source_digest": digests.get(object_id)}
+            digest = digests.get(object_id)
             placed[object_id] = user
             if row is None:
-                inserts.append(
-                    values
-                    | digest
-                    | {"created_at": now, "updated_at": now, "seen_run_id": run.run_id}
-                )
+                values["source_digest"] = digest
+                values["created_at"] = values["updated_at"] = now
+                values["seen_run_id"] = run.run_id
+                inserts.append(values)
                 self.counts.added += 1
                 run._change(self.kind, self.tenant_id, object_id, "added")
                 continue
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed:
-                since = None if values["active"] else row.inactive_since or now
-                updates.append(
-                    self.update_of(row, values | digest | {"inactive_since": since}, now)
-                )
+                values["source_digest"] = digest
+                values["inactive_since"] = None if values["active"] else row.inactive_since or now
+                updates.append(self.update_of(row, values, now))
                 self.counts.updated += 1
                 run._change(self.kind, self.tenant_id, object_id, "updated", changed)
             else:
                 unchanged.append(row.id)
                 self.counts.unchanged += 1
-                if digests and row.source_digest != digest["source_digest"]:
-                    redigested.append({"id": row.id, **digest})
+                if digests and row.source_digest != digest:
+                    redigested.append({"id": row.id, "source_digest": digest})
         self.write(inserts, updates, unchanged, redigested)
         self.assign_licences(placed)
 
@@ -1511,43 +1509,40 @@ class _AssetUnit(_EntityUnit):
             )
             if self.site_id is not None and site_id != self.site_id:
                 continue  # another site's device: not this run's
-            values = rules.columns(device, row) | {
-                "customer_id": self.target.customer_id,
-                "tenant_ref": self.target.tenant_ref,
-                "external_id": device_id,
-                "site_id": site_id,
-                "user_id": owner.id if owner else None,
-                "active": True,
-            }
+            # The rules' dict of columns is this row's own: completed in place, not copied.
+            values = rules.columns(device, row)
+            values["customer_id"] = self.target.customer_id
+            values["tenant_ref"] = self.target.tenant_ref
+            values["external_id"] = device_id
+            values["site_id"] = site_id
+            values["user_id"] = owner.id if owner else None
+            values["active"] = True
             if row is None or not (rules.settings.keep_existing_type and row.asset_type_id):
                 values["asset_type_id"] = rules.type_id(self.connection, types[device_id])
             if row is None or not row.active:
                 values["status"] = self.new_status  # new, or back in Intune
-            digest = {"source_digest": digests.get(device_id)}
+            digest = digests.get(device_id)
             if row is None:
-                inserts.append(
-                    values
-                    | digest
-                    | {
-                        "source": "intune",
-                        "created_at": now,
-                        "updated_at": now,
-                        "seen_run_id": run.run_id,
-                    }
-                )
+                values["source_digest"] = digest
+                values["source"] = "intune"
+                values["created_at"] = values["updated_at"] = now
+                values["seen_run_id"] = run.run_id
+                inserts.append(values)
                 self.counts.added += 1
                 run._change(self.kind, self.tenant_id, device_id, "added")
                 continue
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed:
-                updates.append(self.update_of(row, values | digest | {"inactive_since": None}, now))
+                values["source_digest"] = digest
+                values["inactive_since"] = None
+                updates.append(self.update_of(row, values, now))
                 self.counts.updated += 1
                 run._change(self.kind, self.tenant_id, device_id, "updated", changed)
             else:
                 unchanged.append(row.id)
                 self.counts.unchanged += 1
-                if digests and row.source_digest != digest["source_digest"]:
-                    redigested.append({"id": row.id, **digest})
+                if digests and row.source_digest != digest:
+                    redigested.append({"id": row.id, "source_digest": digest})
         self.write(inserts, updates, unchanged, redigested)
 
     def deactivated(self, ids: list[int], now: datetime) -> None:
