@@ -387,6 +387,37 @@ def test_default_field_mappings_and_a_blank_never_overwrites(sync, store, world)
     assert adele["department"] is None
 
 
+def test_field_text_is_stripped_cut_to_its_column_and_a_blank_one_keeps_the_stored(
+    sync, store, world
+):
+    from halo_integrator_core.sync.users import _TEXT_LIMIT
+
+    world.users[TENANT_A]["u-1"] = user(
+        "u-1",
+        "adele@contoso.com",
+        job_title="  Retail Manager  ",
+        department="D" * (_TEXT_LIMIT + 20),
+        business_phones=("", "  +1 425 555 0109  ", "+1 425 555 0199"),
+        mobile_phone="5" * 120,
+    )
+    sync()
+    adele = users(store)["u-1"]
+    assert adele["job_title"] == "Retail Manager"
+    assert adele["department"] == "D" * _TEXT_LIMIT
+    assert adele["phone"] == "+1 425 555 0109"  # the first item that is not blank, stripped
+    assert adele["mobile"] == "5" * 100  # the phone columns are shorter
+    world.users[TENANT_A]["u-1"] = user(
+        "u-1", "adele@contoso.com", job_title="   ", department=" \t ", business_phones=()
+    )
+    sync()
+    adele = users(store)["u-1"]
+    assert (adele["job_title"], adele["department"], adele["phone"]) == (
+        "Retail Manager",
+        "D" * _TEXT_LIMIT,
+        "+1 425 555 0109",
+    )
+
+
 def test_configured_field_mappings_replace_and_turn_off_defaults(sync, store, world):
     world.users[TENANT_A]["u-1"] = user(
         "u-1",

@@ -313,20 +313,26 @@ class AssetRules:
         # Placeholders, and a serial of one repeated character ("0000000", "xxxx").
         return key in self.junk or not key or key.count(key[0]) == len(key)
 
-    def columns(self, device: ManagedDevice, row: Row[Any] | None) -> dict[str, Any]:
+    def columns(
+        self, device: ManagedDevice, row: Row[Any] | None, *, match_key: str | None
+    ) -> dict[str, Any]:
+        """The asset's columns for ``device``, whose `match_key` the caller has already."""
         values: dict[str, Any] = {}
         for field, get, is_date, width in self._field_sources:
+            value = get(device)
             if is_date:
-                values[field] = _date(get(device))
+                values[field] = _date(value)
+            elif type(value) is str:  # `text_value`'s common case, here in the loop
+                values[field] = value.strip()[:width] or None
             else:
-                text = text_value(get(device))
+                text = text_value(value)
                 values[field] = text[:width] if text else None
         custom = dict(row.custom_fields or {}) if row is not None else {}
         for name, get in self._custom_sources:
             custom[name] = text_value(get(device))  # text or None: JSON as it is
         values["custom_fields"] = custom
         values["attributes"] = _json_safe(device.attributes)
-        values["match_key"] = self.match_key(device)
+        values["match_key"] = match_key
         return values
 
     @cached_property

@@ -1510,7 +1510,7 @@ class _AssetUnit(_EntityUnit):
             if self.site_id is not None and site_id != self.site_id:
                 continue  # another site's device: not this run's
             # The rules' dict of columns is this row's own: completed in place, not copied.
-            values = rules.columns(device, row)
+            values = rules.columns(device, row, match_key=keys[device_id])
             values["customer_id"] = self.target.customer_id
             values["tenant_ref"] = self.target.tenant_ref
             values["external_id"] = device_id
