@@ -14,6 +14,7 @@ origin, not once per request: requests scans the whole environment twice per cal
 quarter of its own time per request, which a sync of hundreds of tenants pays thousands of
 times a run. ``~/.netrc`` is never read: its Basic credentials would replace a bearer token.
 ``verify`` (``[endpoints] ca_bundle``) is passed with each request, never set on the session.
+A redirect to another origin goes through that origin's proxies, as requests would send it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,28 @@ from .logging import redact_text
 from .pacing import Pacer, Turn
 
 log = structlog.get_logger(__name__)
+
+
+class _Session(requests.Session):
+    """requests' session, with the environment read by the client (``environment``: a
+    URL's proxies and ``verify``, read once per origin) instead of by requests on every
+    call. On a redirect, requests re-reads the environment for the new URL only when it
+    trusts it; this session gives the new URL's own proxies instead, so a redirect to
+    another origin goes through that origin's proxy, or none where ``NO_PROXY`` says so,
+    rather than through the first origin's."""
+
+    def __init__(self, environment: Callable[[str], tuple[dict[str, str], bool | str]]) -> None:
+        super().__init__()
+        self.trust_env = False  # no ~/.netrc, no environment scan per call
+        self._environment = environment
+
+    def rebuild_proxies(
+        self, prepared_request: requests.PreparedRequest, proxies: dict[str, str] | None
+    ) -> dict[str, str]:
+        assert prepared_request.url is not None
+        own, _ = self._environment(prepared_request.url)
+        return super().rebuild_proxies(prepared_request, dict(own))
+
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -129,9 +152,7 @@ class HttpClient:
         self.error_table = error_table
         self.sleep = sleep
         self.rng = rng or random.Random()
-        self.session = requests.Session()
-        # The environment is read by `_environment`, once per origin.
-        self.session.trust_env = False
+        self.session = _Session(self._environment)
         self._environments: dict[tuple[str, str], tuple[dict[str, str], bool | str]] = {}
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("https://", adapter)

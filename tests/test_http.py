@@ -329,6 +329,29 @@ def test_proxies_come_from_the_environment_and_no_proxy_is_honoured(server, prox
         assert http.get(f"{server.url}/users").json() == {"via": "direct"}
 
 
+def test_a_redirect_to_another_origin_goes_through_that_origins_proxy(server, proxy, monkeypatch):
+    # 127.0.0.1 is NO_PROXY, localhost is not: the same server under two origins.
+    elsewhere = server.url.replace("127.0.0.1", "localhost")
+    server.add("/start", 302, None, Location=f"{elsewhere}/users")
+    server.add("/users", 200, {"via": "direct"})
+    proxy.add(f"{elsewhere}/users", 200, {"via": "proxy"})
+    proxy.add(f"{server.url}/start", 302, None, Location=f"{server.url}/users")
+    proxy.add(f"{server.url}/users", 200, {"via": "proxy"})
+    for name in ("ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with HttpClient() as http:
+        assert http.get(f"{server.url}/start").json() == {"via": "proxy"}
+        assert [path for _, path, _ in server.received] == ["/start"]  # then by the proxy
+        # And back: from the proxied origin to the one NO_PROXY names, directly.
+        server.add("/back", 302, None, Location=f"{server.url}/users")
+        proxy.add(f"{elsewhere}/back", 302, None, Location=f"{server.url}/users")
+        assert http.get(f"{elsewhere}/back").json() == {"via": "direct"}
+
+
 def test_netrc_credentials_never_replace_the_callers_authorization(server, monkeypatch, tmp_path):
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
