@@ -449,6 +449,42 @@ def test_licence_assignments_follow_the_users_skus(store, make_engine, world):
     assert e3["assigned_users"] == 0
 
 
+def test_licences_of_users_whose_rows_exist_are_assigned_by_the_ids_matching_found(
+    store, make_engine, world
+):
+    engine = make_engine()
+    engine.run()  # every user new: their rows' IDs are read after the insert
+
+    def holders() -> set[str]:
+        assignments, users = schema.licence_assignments, schema.users
+        with store.read() as connection:
+            return set(
+                connection.execute(
+                    sa.select(users.c.external_id)
+                    .join(assignments, assignments.c.user_id == users.c.id)
+                    .where(assignments.c.active.is_(True))
+                ).scalars()
+            )
+
+    assert holders() == {"u-1", "u-2", "u-9"}
+    # u-3 gets E3: an update, whose row matching found already.
+    world.users[TENANT_A]["u-3"] = attrs.evolve(
+        world.users[TENANT_A]["u-3"], assigned_sku_ids=(SKU_E3,)
+    )
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        engine.run()
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+    assert holders() == {"u-1", "u-2", "u-3", "u-9"}
+    assert not [s for s in statements if s.startswith("SELECT users.external_id, users.id ")]
+
+
 def test_a_device_goes_to_its_users_site(store, make_engine):
     make_engine().run()
     [asset] = rows(store, "assets")

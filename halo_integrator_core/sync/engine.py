@@ -1257,6 +1257,7 @@ class _UserUnit(_EntityUnit):
         )
         sku_names = {sku: name for sku, (_, name) in self.licences().items()}
         inserts, updates, redigested, placed = [], [], [], {}
+        row_ids: dict[str, int] = {}  # of the placed users whose rows exist already
         for object_id, user in users.items():
             match = matches.get(object_id)
             row = match.row if match else None
@@ -1313,6 +1314,7 @@ class _UserUnit(_EntityUnit):
                 self.counts.added += 1
                 run._change(self.kind, self.tenant_id, object_id, "added")
                 continue
+            row_ids[object_id] = row.id
             changed = tuple(k for k, v in values.items() if getattr(row, k) != v)
             if changed:
                 values["source_digest"] = digest
@@ -1326,7 +1328,7 @@ class _UserUnit(_EntityUnit):
                 if digests and row.source_digest != digest:
                     redigested.append({"id": row.id, "source_digest": digest})
         self.write(inserts, updates, unchanged, redigested)
-        self.assign_licences(placed)
+        self.assign_licences(placed, row_ids)
 
     def deactivated(self, ids: list[int], now: datetime) -> None:
         assignments = schema.licence_assignments
@@ -1353,24 +1355,28 @@ class _UserUnit(_EntityUnit):
             }
         return self._licences
 
-    def assign_licences(self, users: dict[str, Any]) -> None:
-        """Make each user's licence assignments those of its `assigned_sku_ids`."""
+    def assign_licences(self, users: dict[str, Any], row_ids: Mapping[str, int]) -> None:
+        """Make each user's licence assignments those of its `assigned_sku_ids`
+        (``row_ids``: the row IDs of those whose rows existed before this batch; the new
+        rows' are read)."""
         if not users:
             return
         assignments, table = schema.licence_assignments, self.table
         licence_ids = {sku: row_id for sku, (row_id, _) in self.licences().items()}
-        user_ids = dict(
-            self.connection.execute(
-                prepared(
-                    "user ids by object id",
-                    lambda: sa.select(table.c.external_id, table.c.id).where(
-                        table.c.tenant_ref == sa.bindparam("b_tenant"),
-                        in_list(table.c.external_id),
+        user_ids = {oid: row_ids[oid] for oid in users if oid in row_ids}
+        if new := [oid for oid in users if oid not in user_ids]:
+            user_ids.update(
+                self.connection.execute(
+                    prepared(
+                        "user ids by object id",
+                        lambda: sa.select(table.c.external_id, table.c.id).where(
+                            table.c.tenant_ref == sa.bindparam("b_tenant"),
+                            in_list(table.c.external_id),
+                        ),
                     ),
-                ),
-                {"b_tenant": self.target.tenant_ref, "b_ids": list(users)},
-            ).all()
-        )
+                    {"b_tenant": self.target.tenant_ref, "b_ids": new},
+                ).all()
+            )
         wanted = {
             (licence_ids[sku], user_ids[object_id])
             for object_id, user in users.items()
