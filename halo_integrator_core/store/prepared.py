@@ -14,7 +14,6 @@ new statement to prepare each time.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
+
+from . import json_text
 
 Statement = TypeVar("Statement", bound=sa.Executable)
 
@@ -60,7 +61,7 @@ class _ValueList(sa.types.TypeDecorator[Sequence[Any]]):
         if value is None:
             raise ValueError("in_list: bind a list of values, not None")
         if dialect.name == "sqlite":
-            return json.dumps(list(value))
+            return json_text(list(value))
         return list(value)
 
 

@@ -1357,14 +1357,14 @@ class _UserUnit(_EntityUnit):
 
     def assign_licences(self, users: dict[str, Any], row_ids: Mapping[str, int]) -> None:
         """Make each user's licence assignments those of its `assigned_sku_ids`
-        (``row_ids``: the row IDs of those whose rows existed before this batch; the new
-        rows' are read)."""
+        (``row_ids``: the row IDs of those of ``users`` whose rows existed before this
+        batch; the new rows' are read)."""
         if not users:
             return
         assignments, table = schema.licence_assignments, self.table
         licence_ids = {sku: row_id for sku, (row_id, _) in self.licences().items()}
-        user_ids = {oid: row_ids[oid] for oid in users if oid in row_ids}
-        if new := [oid for oid in users if oid not in user_ids]:
+        user_ids = dict(row_ids)
+        if new := [oid for oid in users if oid not in row_ids]:
             user_ids.update(
                 self.connection.execute(
                     prepared(
