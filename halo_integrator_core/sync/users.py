@@ -10,6 +10,7 @@ the PSA user of the deleted one. A match that is not one PSA user is reported, n
 from __future__ import annotations
 
 import fnmatch
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -496,28 +497,37 @@ def find_matches(
         return matches
     claimed: set[int] = set()
 
-    def candidates(column: sa.Column[Any], keys: dict[str, str]) -> dict[str, list[Any]]:
+    def candidates(
+        column: sa.Column[Any], keys: dict[str, str], *, of_tenant: bool = False
+    ) -> dict[str, list[Any]]:
         """The customer's free PSA users (unlinked, or of this tenant, not of this batch and
-        not seen this run) whose ``column``, lowercased, is one of ``keys``."""
+        not seen this run) whose ``column``, lowercased, is one of ``keys``, by ID; with
+        ``of_tenant``, only those linked to this tenant."""
         if not keys:
             return {}
-        statement = prepared(
-            ("user candidates by", column.key),
-            lambda: (
-                sa.select(table)
-                .where(
-                    table.c.customer_id == sa.bindparam("b_customer"),
-                    in_list(sa.func.lower(column, type_=column.type), "b_keys"),
-                    free_to_take(table),
-                )
-                .order_by(table.c.id)
-            ),
-        )
+
+        def build() -> sa.Select[Any]:
+            # With ``of_tenant`` the customer is checked below, not here: SQLite, without
+            # statistics, may otherwise walk the customer's index (all its users) instead of
+            # searching ix_users_upn. Ordered below too: ORDER BY id favours that walk.
+            where = [
+                in_list(sa.func.lower(column, type_=column.type), "b_keys"),
+                free_to_take(table),
+            ]
+            if of_tenant:
+                where.append(table.c.tenant_ref == sa.bindparam("b_tenant"))
+            else:
+                where.append(table.c.customer_id == sa.bindparam("b_customer"))
+            return sa.select(table).where(*where)
+
+        statement = prepared(("user candidates by", column.key, of_tenant), build)
         found: dict[str, list[Any]] = {}
-        for row in connection.execute(
+        rows = connection.execute(
             statement, values | {"b_keys": sorted(set(keys.values())), "b_ids": ids}
-        ):
-            found.setdefault(str(getattr(row, column.key)).lower(), []).append(row)
+        ).all()
+        for row in sorted(rows, key=operator.attrgetter("id")):
+            if row.customer_id == target.customer_id:
+                found.setdefault(str(getattr(row, column.key)).lower(), []).append(row)
         return found
 
     if matching is not UserMatching.OBJECT_ID:
@@ -543,10 +553,7 @@ def find_matches(
     relink = {
         u.object_id: u.user_principal_name.lower() for u in missing if u.object_id not in matches
     }
-    found = {
-        key: [row for row in rows if row.tenant_ref == target.tenant_ref]
-        for key, rows in candidates(table.c.user_principal_name, relink).items()
-    }
+    found = candidates(table.c.user_principal_name, relink, of_tenant=True)
     for user in missing:
         if user.object_id in matches:
             continue
