@@ -627,6 +627,7 @@ WRONG = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 HUGE = st.integers(10_000, 200_000).map(lambda n: "x" * n)
+UNKNOWN_KEY = st.text(min_size=1, max_size=8).map("unknown:".__add__)
 
 
 @st.composite
@@ -643,7 +644,9 @@ def item(draw: Any, name: str) -> tuple[Any, bool]:
         payload[key] = draw(
             st.one_of(st.none(), st.text(min_size=1, max_size=12))
         )  # unknown values
-    payload[draw(st.text(min_size=1, max_size=8))] = draw(WRONG)  # a key the class does not name
+    # A key the class does not name: prefixed, since a bare text can be one it names ("model"
+    # drawn as an unknown key once made a good device bad).
+    payload[draw(UNKNOWN_KEY)] = draw(WRONG)
     fault = draw(
         st.sampled_from(["none", "none", "missing", "null", "wrong type", "not an object"])
     )
@@ -675,6 +678,7 @@ def test_malformed_payloads_become_record_errors_with_reasons_and_good_ones_reco
 
     @settings(
         max_examples=40,
+        derandomize=True,  # the same examples every run (issue 10: deterministic seeds)
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
