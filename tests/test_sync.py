@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -558,6 +559,22 @@ def test_imported_tenants_join_the_sso_allowed_list_once_when_asked(store, make_
 def test_the_sso_allowed_list_stays_empty_by_default(store, make_engine):
     make_engine().run()
     assert rows(store, "sso-tenants") == []
+
+
+def test_a_run_collects_garbage_seldom_and_restores_the_collector_after(make_engine):
+    from halo_integrator_core.sync.collector import YOUNG_THRESHOLD
+
+    seen: list[tuple[tuple[int, ...], int]] = []
+
+    class Watching(Reporter):
+        def change(self, change: Change) -> None:  # called by the writer, mid-run
+            seen.append((gc.get_threshold(), gc.get_freeze_count()))
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    make_engine(reporter=Watching()).run()
+    assert seen
+    assert all(threshold[0] >= YOUNG_THRESHOLD and frozen > 0 for threshold, frozen in seen)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 def test_a_stop_request_ends_the_run_between_tenants(store, make_engine, world):

@@ -50,6 +50,7 @@ from ..store.prepared import by_external_id, in_list, prepared, unseen
 from ..store.request_log import RunClients
 from .assets import AssetRules, find_assets, is_sense
 from .bookmarks import get_bookmark, save_bookmark, tenant_key
+from .collector import fewer_collections
 from .digest import Digester
 from .mapping import (
     ENTITY_RULES,
@@ -320,12 +321,13 @@ class SyncEngine:
                 key=lambda n: (self._follower(n), n),
             )
         results = []
-        for name in names:
-            if dry_run:
-                with self.store.dry_run():
-                    results.append(self._run_module(self.modules[name], kinds, scope, True))
-            else:
-                results.append(self._run_module(self.modules[name], kinds, scope, False))
+        with fewer_collections():
+            for name in names:
+                if dry_run:
+                    with self.store.dry_run():
+                        results.append(self._run_module(self.modules[name], kinds, scope, True))
+                else:
+                    results.append(self._run_module(self.modules[name], kinds, scope, False))
         return results
 
     def _follower(self, name: str) -> bool:
