@@ -59,6 +59,75 @@ def test_insert_rows_writes_what_sqlalchemy_writes(store: Store):
     assert len(mine) == 7
 
 
+def test_text_that_copy_or_sql_could_mistake_is_written_as_sqlalchemy_writes_it(store: Store):
+    # On PostgreSQL inserts go by COPY, whose text format has its own escapes: a tab ends a
+    # value, a newline a row, \N is NULL, a backslash escapes.
+    awkward = [
+        "tab\there",
+        "two\nlines",
+        "back\\slash",
+        "\\\\N",
+        "\\N",
+        "",
+        "quote ' \" ;",
+        "日本 ✓",
+    ]
+    with store.unit() as connection:
+        customer = _customer(connection)
+        rows = _users(customer, 0, len(awkward), NOW)
+        for row, text in zip(rows, awkward, strict=True):
+            row["display_name"] = text
+            row["attributes"] = {"text": text, text or "empty": [text, None, 1.5, True]}
+        insert_rows(connection, schema.users, rows)
+        mine = _select_users(connection)
+        connection.execute(sa.delete(schema.users))
+        connection.execute(sa.insert(schema.users), rows)
+        theirs = _select_users(connection)
+        names = connection.execute(sa.select(schema.users.c.display_name)).scalars().all()
+    assert mine == theirs
+    assert sorted(names) == sorted(awkward)
+
+
+def test_a_refused_insert_raises_as_sqlalchemy_raises_and_leaves_nothing(store: Store):
+    rows = [
+        {"name": name, "source": "test", "created_at": NOW, "updated_at": NOW}
+        for name in ("Contoso", "Northwind", "Contoso")
+    ]
+    with pytest.raises(sa.exc.IntegrityError), store.unit() as connection:
+        insert_rows(connection, schema.customers, rows)  # the duplicate in the batch
+    with pytest.raises(sa.exc.IntegrityError), store.unit() as connection:
+        insert_rows(connection, schema.customers, rows[:2])
+        insert_rows(connection, schema.customers, rows[2:])  # a duplicate of a row just written
+    with store.read() as connection:
+        assert (
+            connection.execute(sa.select(sa.func.count()).select_from(schema.customers)).scalar()
+            == 0
+        )
+
+
+@pytest.mark.postgres
+def test_a_server_connection_lost_mid_insert_is_reported_and_replaced(store: Store):
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to drop a connection")
+    rows = [{"name": "Contoso", "source": "test", "created_at": NOW, "updated_at": NOW}]
+    with pytest.raises(sa.exc.OperationalError) as raised, store.unit() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        admin = sa.create_engine(store.engine.url)
+        with admin.begin() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        admin.dispose()
+        insert_rows(connection, schema.customers, rows)
+    # The COPY's own error, the connection invalidated at once: no rollback is tried on
+    # it, whose "connection is lost" would hide what happened.
+    assert "terminating connection due to administrator command" in str(raised.value)
+    assert raised.value.connection_invalidated
+    with store.unit() as connection:  # a new server connection
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+        insert_rows(connection, schema.customers, rows)
+    with store.read() as connection:
+        assert connection.execute(sa.select(schema.customers.c.name)).scalars().all() == ["Contoso"]
+
+
 def test_left_out_columns_get_their_defaults(store: Store):
     with store.unit() as connection:
         customer = _customer(connection)
