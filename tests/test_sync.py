@@ -17,6 +17,7 @@ from halo_integrator_core.export import export_rows
 from halo_integrator_core.store import Store, schema
 from halo_integrator_core.sync import engine as engine_module
 from halo_integrator_core.sync.bookmarks import get_bookmark
+from halo_integrator_core.sync.collector import YOUNG_THRESHOLD
 from halo_integrator_core.sync.engine import Change, Reporter, SyncEngine, SyncError, tenant_lock
 
 MAPPED = f"""
@@ -562,8 +563,6 @@ def test_the_sso_allowed_list_stays_empty_by_default(store, make_engine):
 
 
 def test_a_run_collects_garbage_seldom_and_restores_the_collector_after(make_engine):
-    from halo_integrator_core.sync.collector import YOUNG_THRESHOLD
-
     seen: list[tuple[tuple[int, ...], int]] = []
 
     class Watching(Reporter):

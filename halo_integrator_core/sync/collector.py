@@ -5,13 +5,13 @@ objects, and a full pass over every object the process holds every hundred of th
 A sync makes and drops records by the ten thousand (dicts, tuples, slotted records,
 SQLAlchemy rows), nearly all freed by reference counting the moment they are done
 with, so the passes find little: a default-size benchmark full sync (44,000 records)
-spent 0.4 to 0.5 s of its 3 to 4 s of CPU in them, most of it in five full passes
+spent 0.46 to 0.62 s of its 3 to 4.6 s of CPU in them, most of it in five full passes
 over the imported modules (SQLAlchemy, attrs, the plugins), which never become garbage.
 
 While a sync runs, `fewer_collections` moves what the process already holds out of the
 collector's sight (`gc.freeze`) and lets the young generation grow to
-`YOUNG_THRESHOLD` objects before a pass; the same sync then spends about 15 ms in
-collections. When the last sync running in the process ends, the frozen objects go
+`YOUNG_THRESHOLD` objects before a pass; the same sync then spends 18 to 31 ms in
+collections (six interleaved pairs of runs, thread CPU timed by `gc.callbacks`). When the last sync running in the process ends, the frozen objects go
 back to the oldest generation and the thresholds to what they were, so a daemon's
 garbage between syncs is collected as before. Garbage that does form cycles during a
 sync (an exception's traceback, say) is still collected, only in fewer, larger passes:
