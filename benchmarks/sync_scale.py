@@ -20,9 +20,10 @@ tokens of its own; a row's figure is its median wall time, a ratio the median of
 own ratios, a peak RSS the highest of any round: on a shared machine one run's seconds can
 move by a third. Each row also has the CPU seconds of its process (all threads, user and
 system) and of the emulator while it ran (Linux): the two share the machine's cores, so
-the CPU shows what bounds a row where its wall time alone cannot. It prints a table and the ratios, writes JSON (``--json``, every round's
-figures too), and exits 1 when a target of `TARGETS` that applies at this size and latency
-is missed (``--no-targets``: measure only).
+the CPU shows what bounds a row where its wall time alone cannot. It prints a table and
+the ratios, writes JSON (``--json``, every round's figures too), and exits 1 when a target
+of `TARGETS` that applies at this size and latency is missed (``--no-targets``: measure
+only).
 Not a test: pytest collects ``tests/`` only (where one test checks the report's target
 checks on made-up figures, by loading this file).
 """

@@ -9,13 +9,14 @@ spent 0.46 to 0.62 s of its 3 to 4.6 s of CPU in them, most of it in five full p
 over the imported modules (SQLAlchemy, attrs, the plugins), which never become garbage.
 
 While a sync runs, `fewer_collections` moves what the process already holds out of the
-collector's sight (`gc.freeze`) and lets the young generation grow to
-`YOUNG_THRESHOLD` objects before a pass; the same sync then spends 18 to 31 ms in
-collections (six interleaved pairs of runs, thread CPU timed by `gc.callbacks`). When the last sync running in the process ends, the frozen objects go
-back to the oldest generation and the thresholds to what they were, so a daemon's
-garbage between syncs is collected as before. Garbage that does form cycles during a
-sync (an exception's traceback, say) is still collected, only in fewer, larger passes:
-at most about `YOUNG_THRESHOLD` objects wait for one.
+collector's sight (`gc.freeze`) and lets the young generation grow to `YOUNG_THRESHOLD`
+objects before a pass; the same sync then spends 18 to 31 ms in collections (six
+interleaved pairs of runs, thread CPU timed by `gc.callbacks`). When the last sync
+running in the process ends, the frozen objects go back to the oldest generation and the
+thresholds to what they were, so a daemon's garbage between syncs is collected as before.
+Garbage that does form cycles during a sync (an exception's traceback, say) is still
+collected, only in fewer, larger passes: at most about `YOUNG_THRESHOLD` objects wait for
+one.
 """
 
 from __future__ import annotations
