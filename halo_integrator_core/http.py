@@ -364,7 +364,12 @@ class HttpClient:
 
     def json(self, method: str, url: str, **options: Any) -> Any:
         """Send and decode a JSON answer; an answer that is not JSON is an error."""
-        response = self.request(method, url, **options)
+        return self.decoded(self.request(method, url, **options), method, url)
+
+    @staticmethod
+    def decoded(response: requests.Response, method: str, url: str) -> Any:
+        """``response``'s JSON, as `json` decodes it (an answer that is not JSON is an
+        `UnexpectedResponse`)."""
         try:
             return response.json()
         except ValueError:

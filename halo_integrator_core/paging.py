@@ -11,27 +11,127 @@ page, the next is already on its way (on a thread of its own, in the caller's lo
 so the request log and the per-tenant pacing see it as the caller's). A sync's work on a
 page then costs no wall time when Microsoft is the slower side, and at most two pages are
 held at once.
+
+Given an attrs payload class (``typed``), the OData paginator decodes each page's bytes
+straight into the class's typed form (`translation.typed_form`), about a third of the cost
+of decoding the JSON and reading each payload from it. A page with an item the typed form
+refuses, or with a removal of a delta round (``@removed``), comes as JSON as without.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
+import functools
+import json
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+import msgspec
+import requests
 
 from .errors import PagingLoop, UnexpectedResponse
 from .http import HttpClient, redact_url
+from .translation import TypedMisfit, typed_form
+
+R = TypeVar("R")
 
 
 @attrs.frozen
 class ODataPage:
-    items: list[dict[str, Any]]
+    """One page. ``items``: its items as JSON objects. ``typed``: the same items in the typed
+    form `odata_pages` was asked for, when every one of them fitted it (else ``None``); the
+    JSON objects are then decoded from the page's bytes only if asked for."""
+
+    _items: list[Any] | None = attrs.field(alias="items")
     next_link: str | None
     delta_link: str | None
     url: str
+    typed: list[Any] | None = None
+    _content: bytes | None = attrs.field(default=None, alias="content", repr=False, eq=False)
+
+    @property
+    def items(self) -> list[Any]:
+        if self._items is None:
+            assert self._content is not None
+            object.__setattr__(self, "_items", json.loads(self._content)["value"])
+        return self._items  # type: ignore[return-value]
+
+    def translated(self, translate: Callable[[Any], R]) -> list[R]:
+        """``translate`` (a `translation.translator`'s, with its context) of each item: of
+        the typed items when the page has them, or, should one of them make no record
+        (`TypedMisfit`), of the JSON items, as of a page without; the results are the
+        same."""
+        if self.typed is not None:
+            try:
+                return [translate(item) for item in self.typed]
+            except TypedMisfit:
+                pass
+        return [translate(item) for item in self.items]
+
+
+@attrs.frozen
+class _TypedBody:
+    """A page decoded into a typed form, with its bytes."""
+
+    envelope: Any
+    content: bytes
+
+
+@functools.cache
+def _typed_decoder(cls: type) -> msgspec.json.Decoder[Any] | None:
+    """A decoder of an OData page whose items are ``cls``'s typed form; ``None`` when it has
+    none. An item's ``@removed`` (a delta round's removal) is kept, so that such a page can
+    be left to the JSON way, which treats removals as such."""
+    form = typed_form(cls)
+    if form is None:
+        return None
+    item = msgspec.defstruct(
+        f"{form.__name__}InPage",
+        [("removed", Any, msgspec.field(default=msgspec.UNSET, name="@removed"))],
+        bases=(form,),
+        kw_only=True,
+    )
+    page = msgspec.defstruct(
+        f"{form.__name__}Page",
+        [
+            ("value", list[item]),  # type: ignore[valid-type]
+            ("next_link", str | None, msgspec.field(default=None, name="@odata.nextLink")),
+            ("delta_link", str | None, msgspec.field(default=None, name="@odata.deltaLink")),
+        ],
+    )
+    return msgspec.json.Decoder(page)
+
+
+def _get_page(
+    client: HttpClient,
+    url: str,
+    params: Mapping[str, Any] | None,
+    headers: Mapping[str, str] | None,
+    decoder: msgspec.json.Decoder[Any] | None,
+) -> Any:
+    """The page at ``url``: its JSON, or with a ``decoder`` a `_TypedBody` when every item
+    fits (JSON otherwise)."""
+    if decoder is None:
+        return client.json("GET", url, params=params, headers=headers)
+    response = client.request("GET", url, params=params, headers=headers)
+    if _utf8(response):
+        try:
+            envelope = decoder.decode(response.content)
+        except msgspec.MsgspecError:
+            pass  # not every item fits (or not JSON): the JSON way says what it is
+        else:
+            if all(item.removed is msgspec.UNSET for item in envelope.value):
+                return _TypedBody(envelope, response.content)
+    return client.decoded(response, "GET", url)
+
+
+def _utf8(response: requests.Response) -> bool:
+    """Whether the answer's text is UTF-8, which the typed decoding reads (JSON's own
+    encoding, and Graph's)."""
+    encoding = (response.encoding or "utf-8").lower().replace("-", "").replace("_", "")
+    return encoding == "utf8"
 
 
 #: The threads that fetch the next pages; idle ones cost nothing, and each fetch is short.
@@ -45,13 +145,16 @@ def odata_pages(
     params: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
     read_ahead: bool = True,
+    typed: type | None = None,
 ) -> Iterator[ODataPage]:
     """Every page of an OData collection or delta round, starting at ``url``.
 
     ``params`` go with the first request only: a next link carries them already. With
     ``read_ahead`` the next page is requested before this one is handed over; its errors
-    are raised when the caller asks for it, as without.
+    are raised when the caller asks for it, as without. With ``typed`` (an attrs payload
+    class), pages whose items all fit its typed form come with them (`ODataPage.typed`).
     """
+    decoder = None if typed is None else _typed_decoder(typed)
     seen: set[str] = set()
     current: str | None = url
     first = True
@@ -60,16 +163,31 @@ def odata_pages(
         if ahead is not None:
             body = ahead.result()
         else:
-            body = client.json("GET", current, params=params if first else None, headers=headers)
-        if not isinstance(body, dict) or not isinstance(body.get("value"), list):
+            body = _get_page(client, current, params if first else None, headers, decoder)
+        if isinstance(body, _TypedBody):
+            envelope = body.envelope
+            page = ODataPage(
+                items=None,
+                next_link=envelope.next_link,
+                delta_link=envelope.delta_link,
+                url=current,
+                typed=envelope.value,
+                content=body.content,
+            )
+        elif not isinstance(body, dict) or not isinstance(body.get("value"), list):
             raise UnexpectedResponse(
                 "expected an OData collection (an object with a 'value' list)",
                 method="GET",
                 url=redact_url(current),
             )
-        next_link = body.get("@odata.nextLink")
-        delta_link = body.get("@odata.deltaLink")
-        page = ODataPage(body["value"], next_link, delta_link, current)
+        else:
+            page = ODataPage(
+                items=body["value"],
+                next_link=body.get("@odata.nextLink"),
+                delta_link=body.get("@odata.deltaLink"),
+                url=current,
+            )
+        next_link, delta_link = page.next_link, page.delta_link
         first, ahead = False, None
         if delta_link or not next_link:
             yield page
@@ -83,7 +201,13 @@ def odata_pages(
             )
         if read_ahead:
             ahead = _READ_AHEAD.submit(
-                contextvars.copy_context().run, client.json, "GET", next_link, headers=headers
+                contextvars.copy_context().run,
+                _get_page,
+                client,
+                next_link,
+                None,
+                headers,
+                decoder,
             )
         yield page
         seen.add(current)

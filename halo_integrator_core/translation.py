@@ -14,6 +14,13 @@ reader does the same checks inline; a payload it is not sure of goes to the conv
 either translates it or says why not, so results and reasons are the converter's. Where each
 payload becomes a record of the plugin's own at once, `translator` hands the payload's fields
 straight to the function that makes the record, without the payload object in between.
+
+Faster still, a page of payloads can be decoded from its bytes straight into the class's
+*typed form* (`typed_form`: a msgspec ``Struct`` of the same JSON keys and types, checked as
+strictly), which `translator` turns into records too. Decoding either takes the whole page
+or refuses it, so a page holding any payload the typed form refuses (or one whose fields do
+not make a record: `TypedMisfit`) is translated from its JSON as above, payload by payload,
+with the same records and reasons.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 import attrs
 import cattrs
+import msgspec
 from cattrs.gen import make_dict_structure_fn, override
 
 from .models import RecordError
@@ -195,7 +203,9 @@ def translator(cls: type, into: Callable[..., R]) -> Callable[[Any, Any], R | Re
     The function returned, called with ``(payload, context)``, checks ``payload`` as
     `translate` does (a `RecordError` for one that does not fit) and returns
     ``into(context, payload, **fields)``: the fields a ``cls`` would hold, by attribute
-    name, without the ``cls`` built. ``into`` must take each of them by keyword.
+    name, without the ``cls`` built. ``into`` must take each of them by keyword. A payload
+    of the class's typed form (`typed_form`) is read from its attributes (``payload`` is then
+    ``None`` for ``into``), or raises `TypedMisfit` when its fields make no ``cls``.
     """
     names = [field.name for field in attrs.fields(cls)]
     parameters = signature(into).parameters
@@ -203,8 +213,13 @@ def translator(cls: type, into: Callable[..., R]) -> Callable[[Any, Any], R | Re
     if missing := [name for name in names if name not in parameters and not takes_any]:
         raise TypeError(f"{into.__qualname__} takes no {', '.join(missing)} of {cls.__qualname__}")
     read = _compile_reader(cls, into)
+    typed = _typed(cls)
+    build = None if typed is None else _compile_typed_build(cls, into)
+    form = None if build is None else typed[0]
 
     def translate_into(payload: Any, context: Any) -> R | RecordError:
+        if form is not None and isinstance(payload, form):
+            return build(payload, context)  # type: ignore[misc]
         if read is not None:
             made = read(payload, context)
             if made is not _MISFIT:
@@ -360,3 +375,170 @@ def _misfit(kind: Any, value: str) -> str | None:
 
 def _indented(lines: list[str]) -> list[str]:
     return [f"    {line}" for line in lines]
+
+
+# --- typed forms --------------------------------------------------------------------------
+
+
+class TypedMisfit(Exception):
+    """A payload of a typed form whose fields make no record (a timestamp that is not
+    one): its page is to be translated from its JSON instead, which says why."""
+
+
+#: Each class's typed form and the function building a ``cls`` from one, or ``None``.
+_TYPED: dict[type, tuple[type[msgspec.Struct], Callable[[Any], Any]] | None] = {}
+
+
+def typed_form(cls: type) -> type[msgspec.Struct] | None:
+    """A msgspec ``Struct`` decoding the JSON of a ``cls`` as strictly as `translate` reads
+    it: the same keys, strings only as strings, integers only as integers (not booleans or
+    floats), booleans only as booleans, lists as lists, nested classes as their own typed
+    forms; a timestamp as its text (`parse_timestamp` reads it when the record is made).
+    Keys it does not name are ignored, as `translate` ignores them. ``None`` for a class a
+    typed form cannot follow exactly (a decimal, a union, a field with a converter), whose
+    payloads are only ever translated from JSON."""
+    typed = _typed(cls)
+    return None if typed is None else typed[0]
+
+
+def _typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any]] | None:
+    if cls not in _TYPED:
+        with _COMPILING:
+            if cls not in _TYPED:
+                _TYPED[cls] = None  # while it compiles: a class holding itself has none
+                _TYPED[cls] = _compile_typed(cls)
+    return _TYPED[cls]
+
+
+def _compile_typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any]] | None:
+    """The typed form of ``cls`` and ``build(struct) -> cls``."""
+    shaped = _typed_fields(cls)
+    if shaped is None:
+        return None
+    fields, lines, names = shaped
+    try:
+        form = msgspec.defstruct(f"{cls.__qualname__}Typed", fields, module=__name__, kw_only=True)
+    except (TypeError, ValueError):  # a field name msgspec does not take
+        return None
+    arguments = ", ".join(f"{field.alias}=v{i}" for i, field in enumerate(attrs.fields(cls)))
+    code = ["def build(s):", *lines, f"    return cls({arguments})"]
+    names["cls"] = cls
+    exec(compile("\n".join(code), f"<typed build of {cls.__qualname__}>", "exec"), names)
+    return form, names["build"]
+
+
+def _compile_typed_build(cls: type, into: Callable[..., Any]) -> Callable[[Any, Any], Any] | None:
+    """``build(struct, context)``: ``into(context, None, **fields)`` from a typed form of
+    ``cls``, raising `TypedMisfit` where a field's value makes no ``cls`` field."""
+    shaped = _typed_fields(cls)
+    if shaped is None:
+        return None
+    _, lines, names = shaped
+    fields = ", ".join(f"{field.name}=v{i}" for i, field in enumerate(attrs.fields(cls)))
+    code = [
+        "def build(s, context):",
+        "    try:",
+        *_indented(lines),
+        "    except Exception as exc:",
+        "        raise TypedMisfit from exc",
+        f"    return into(context, None, {fields})",
+    ]
+    names |= {"into": into, "TypedMisfit": TypedMisfit}
+    exec(compile("\n".join(code), f"<typed build of {cls.__qualname__}>", "exec"), names)
+    return names["build"]  # type: ignore[no-any-return]
+
+
+def _typed_fields(cls: type) -> tuple[list[tuple[Any, ...]], list[str], dict[str, Any]] | None:
+    """The typed form's fields of ``cls`` (for `msgspec.defstruct`), and the statements
+    making each ``v<i>`` the value of the ``cls`` field ``i`` from the struct ``s``."""
+    if not attrs.has(cls):
+        return None
+    attrs.resolve_types(cls)
+    names: dict[str, Any] = {"UNSET": msgspec.UNSET}
+    fields: list[tuple[Any, ...]] = []
+    lines: list[str] = []
+    for index, field in enumerate(attrs.fields(cls)):
+        default = field.default
+        if field.converter is not None or not field.init:
+            return None
+        if isinstance(default, attrs.Factory) and default.takes_self:
+            return None
+        value = f"v{index}"
+        shape = _typed_shape(field.type, value, names)
+        if shape is None:
+            return None
+        kind, convert = shape
+        key = field.metadata.get("json_key") or camel(field.name)
+        lines.append(f"    {value} = s.{field.name}")
+        if default is attrs.NOTHING:
+            fields.append((field.name, kind, msgspec.field(name=key)))
+            lines += convert
+        elif not convert and not isinstance(default, attrs.Factory) and _immutable(default):
+            fields.append((field.name, kind, msgspec.field(default=default, name=key)))
+        else:
+            # Left out of the JSON: the field's own default, as the reader gives it.
+            factory = isinstance(default, attrs.Factory)
+            names[f"d_{value}"] = default.factory if factory else default
+            fields.append(
+                (
+                    field.name,
+                    kind | msgspec.UnsetType,
+                    msgspec.field(default=msgspec.UNSET, name=key),
+                )
+            )
+            lines += [
+                f"    if {value} is UNSET:",
+                f"        {value} = d_{value}{'()' if factory else ''}",
+            ]
+            if convert:
+                lines += ["    else:", *_indented(convert)]
+    return fields, lines, names
+
+
+def _typed_shape(kind: Any, value: str, names: dict[str, Any]) -> tuple[Any, list[str]] | None:
+    """The typed form's type for a field of ``kind``, and the statements making the
+    variable ``value`` (the struct's value) the field's; ``None`` when none is exact."""
+    inline = _INLINE.get(kind)
+    if inline is not None:
+        # Exact only while the converter's hook is our strict one for the kind.
+        return (kind, []) if json_converter.get_structure_hook(kind) is inline[0] else None
+    if json_converter.get_structure_hook(kind) is _timestamp:
+        names["parse_timestamp"] = parse_timestamp
+        return str, [f"    {value} = parse_timestamp({value})"]
+    origin, arguments = get_origin(kind), get_args(kind)
+    if origin in (Union, types.UnionType) and len(arguments) == 2 and type(None) in arguments:
+        [inner] = [argument for argument in arguments if argument is not type(None)]
+        shape = _typed_shape(inner, value, names)
+        if shape is None:
+            return None
+        inner_kind, convert = shape
+        if inner_kind is str and convert:  # a timestamp: parse_timestamp reads None too
+            return inner_kind | None, convert
+        return inner_kind | None, (
+            [f"    if {value} is not None:", *_indented(convert)] if convert else []
+        )
+    if origin is list and len(arguments) == 1:
+        [item_kind] = arguments
+        if item_kind in _INLINE:
+            shape = _typed_shape(item_kind, f"{value}_item", names)
+            return None if shape is None or shape[1] else (list[item_kind], [])  # type: ignore[valid-type]
+        if attrs.has(item_kind):
+            typed = _typed(item_kind)
+            if typed is None:
+                return None
+            names[f"b_{value}"] = typed[1]
+            return list[typed[0]], [  # type: ignore[valid-type]
+                f"    {value} = [b_{value}(item) for item in {value}]"
+            ]
+        return None
+    if attrs.has(kind):
+        typed = _typed(kind)
+        if typed is None:
+            return None
+        names[f"b_{value}"] = typed[1]
+        return typed[0], [f"    {value} = b_{value}({value})"]
+    return None
+
+
+def _immutable(value: Any) -> bool:
+    return value is None or type(value) in (str, int, bool, float)

@@ -23,6 +23,7 @@ from halo_integrator_core import (
     SkipTenant,
     Tenant,
     TenantAccess,
+    paging,
 )
 from halo_integrator_core.config import EndpointSettings, IntegratorSettings, SecretRef
 from halo_integrator_core.http import HttpClient
@@ -420,3 +421,26 @@ def test_never_synced_is_none_and_timestamps_are_utc(emulator, context):
     found = by_id(fetch(context, customer))
     assert found[never.id].last_sync_at is None and found[zero.id].last_sync_at is None
     assert found[never.id].enrolled_at == never.enrolledDateTime
+
+
+def test_typed_pages_give_the_records_json_pages_give(emulator, context, monkeypatch):
+    """Device pages are decoded into GraphManagedDevice's typed form; the records are those
+    of decoding the JSON and reading each payload from it, by either listing method."""
+    customer = readable(emulator)
+    typed: list[bool] = []
+    real = paging.ODataPage.translated
+
+    def noting(page, translate):
+        typed.append(page.typed is not None)
+        return real(page, translate)
+
+    monkeypatch.setattr(paging.ODataPage, "translated", noting)
+    for query in (None, AssetQuery(per_user=True)):
+        typed.clear()
+        found = fetch(context, customer, query)
+        assert typed and all(typed) and by_id(found)
+        typed.clear()
+        with monkeypatch.context() as json_only:
+            json_only.setattr(paging, "_typed_decoder", lambda _cls: None)
+            assert fetch(context, customer, query) == found
+        assert typed and not any(typed)

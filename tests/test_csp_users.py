@@ -23,6 +23,7 @@ from halo_integrator_core import (
     Tenant,
     TenantAccess,
     UserQuery,
+    paging,
 )
 from halo_integrator_core.config import EndpointSettings, IntegratorSettings, SecretRef
 from halo_integrator_core.http import HttpClient
@@ -505,3 +506,34 @@ def test_the_hook_passes_the_query_on(emulator, context):
     assert {u for u, r in found.items() if r.groups == ("All Staff",)} == transitive_users(
         customer, staff.id
     )
+
+
+def test_typed_pages_give_the_records_json_pages_give(emulator, context, monkeypatch):
+    """Users pages are decoded into GraphUser's typed form (`odata_pages`' ``typed``); the
+    records are those of decoding the JSON and reading each payload from it."""
+    customer = readable(emulator)
+    typed: list[bool] = []
+    real = paging.ODataPage.translated
+
+    def noting(page, translate):
+        typed.append(page.typed is not None)
+        return real(page, translate)
+
+    monkeypatch.setattr(paging.ODataPage, "translated", noting)
+
+    def both(bookmark: str | None = None) -> tuple[list[Any], Checkpoint]:
+        typed.clear()
+        found = fetch(context, customer, bookmark)
+        assert typed and all(typed)
+        typed.clear()
+        with monkeypatch.context() as json_only:
+            json_only.setattr(paging, "_typed_decoder", lambda _cls: None)
+            assert fetch(context, customer, bookmark)[0] == found[0]
+        assert typed and not any(typed)
+        return found
+
+    records, checkpoint = both()
+    assert len(records) == len(live(customer))
+    emulator.world.modify_user(customer.tenant_id, sorted(live(customer))[0], jobTitle="Typed")
+    [changed], _ = both(checkpoint.bookmark)
+    assert changed.job_title == "Typed"

@@ -13,11 +13,13 @@ from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import attrs
 import pytest
 import requests
 
-from halo_integrator_core import errors
+from halo_integrator_core import errors, paging, translation
 from halo_integrator_core.http import HttpClient, MsalHttpClient, RetryPolicy, parse_retry_after
+from halo_integrator_core.models import RecordError
 from halo_integrator_core.paging import odata_pages, partner_center_pages
 
 
@@ -428,6 +430,78 @@ def test_odata_pages_stop_on_a_repeated_link(server, client):
     server.add("/loop2", 200, {"value": [{"id": "2"}], "@odata.nextLink": f"{server.url}/loop"})
     with pytest.raises(errors.PagingLoop):
         list(odata_pages(client, f"{server.url}/loop"))
+
+
+@attrs.frozen
+class _Person:
+    id: str
+    display_name: str | None = None
+    born_at: datetime | None = None
+
+
+def _people(page):
+    return page.translated(
+        lambda item: translation.translator(_Person, lambda _c, _p, **fields: fields)(item, None)
+    )
+
+
+def test_typed_odata_pages_come_in_the_typed_form_with_the_json_on_demand(server, client):
+    base = server.url
+    first = [{"id": "1", "displayName": "Ann", "extra": [1]}, {"id": "2", "bornAt": None}]
+    server.add("/p1", 200, {"value": first, "@odata.nextLink": f"{base}/p2"})
+    server.add("/p2", 200, {"value": [{"id": "3"}], "@odata.deltaLink": f"{base}/d"})
+    pages = list(odata_pages(client, f"{base}/p1", typed=_Person))
+    assert all(page.typed is not None for page in pages)
+    assert isinstance(pages[0].typed[0], translation.typed_form(_Person))
+    assert [page.next_link for page in pages] == [f"{base}/p2", None]
+    assert pages[1].delta_link == f"{base}/d"
+    assert [p["display_name"] for p in _people(pages[0])] == ["Ann", None]
+    assert pages[0].items == first  # the JSON, decoded when asked for
+
+
+def test_a_page_with_an_item_the_typed_form_refuses_comes_as_json(server, client):
+    items = [{"id": "1"}, {"id": 2}, {"displayName": "no id"}]
+    server.add("/p", 200, {"value": items})
+    [page] = odata_pages(client, f"{server.url}/p", typed=_Person)
+    assert page.typed is None and page.items == items
+    made = _people(page)
+    assert made[0] == {"id": "1", "display_name": None, "born_at": None}
+    assert all(isinstance(m, RecordError) for m in made[1:])  # each with its reason, as ever
+
+
+def test_a_typed_item_that_makes_no_record_sends_its_page_the_json_way(server, client):
+    items = [{"id": "1", "bornAt": "2020-02-03T04:05:06Z"}, {"id": "2", "bornAt": "soon"}]
+    server.add("/p", 200, {"value": items})
+    [page] = odata_pages(client, f"{server.url}/p", typed=_Person)
+    assert page.typed is not None  # a string where a string goes: the typed form takes it
+    first, second = _people(page)
+    assert first["born_at"] == datetime(2020, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert isinstance(second, RecordError) and "bornAt" in second.reason
+
+
+def test_a_delta_page_with_a_removal_comes_as_json(server, client):
+    items = [{"id": "1"}, {"id": "2", "@removed": {"reason": "deleted"}}]
+    server.add("/d", 200, {"value": items, "@odata.deltaLink": f"{server.url}/d?t=1"})
+    [page] = odata_pages(client, f"{server.url}/d", typed=_Person)
+    assert page.typed is None and page.items == items
+
+
+def test_a_page_that_is_not_json_is_refused_with_or_without_a_typed_form(server, client):
+    server.add("/p", 200, b"<html>maintenance</html>")
+    with pytest.raises(errors.UnexpectedResponse, match="expected JSON"):
+        next(odata_pages(client, f"{server.url}/p", typed=_Person))
+    server.add("/q", 200, {"items": []})
+    with pytest.raises(errors.UnexpectedResponse, match="OData collection"):
+        next(odata_pages(client, f"{server.url}/q", typed=_Person))
+
+
+def test_only_utf8_answers_are_decoded_in_the_typed_form():
+    answer = requests.Response()
+    answer.encoding = "ISO-8859-1"
+    assert not paging._utf8(answer)
+    for encoding in (None, "utf-8", "UTF8", "utf_8"):
+        answer.encoding = encoding
+        assert paging._utf8(answer)
 
 
 def test_partner_center_pages_send_the_continuation_token_and_add_v1(server, client):

@@ -114,7 +114,7 @@ class _DevicesRun:
                 if isinstance(page, Notice):
                     yield page
                     continue
-                yield from [self._device(item) for item in page.items]
+                yield from page.translated(self._device)
         yield Checkpoint(bookmark=None, complete=True)
 
     # -- the user method -------------------------------------------------------------------
@@ -144,8 +144,7 @@ class _DevicesRun:
                     yield page
                     continue
                 records = []
-                for item in page.items:
-                    record = self._device(item)
+                for record in page.translated(self._device):
                     key = (
                         record.device_id if isinstance(record, ManagedDevice) else record.entity_id
                     )
@@ -175,7 +174,12 @@ class _DevicesRun:
             started = False
             try:
                 for page in odata_pages(
-                    self.csp.http, self.csp.url("graph", path), params=params, headers=self.headers
+                    self.csp.http,
+                    self.csp.url("graph", path),
+                    params=params,
+                    headers=self.headers,
+                    # Typed pages hold no extra properties: with any, the JSON objects do.
+                    typed=None if self.extra else GraphManagedDevice,
                 ):
                     started = True
                     yield page

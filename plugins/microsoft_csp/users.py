@@ -44,7 +44,7 @@ from halo_integrator_core import (
     UserQuery,
 )
 from halo_integrator_core.errors import Gone, NotFound, PermissionDenied
-from halo_integrator_core.paging import odata_pages
+from halo_integrator_core.paging import ODataPage, odata_pages
 from halo_integrator_core.translation import parse_timestamp, translator
 
 from .directory import CspSession, _customer_graph_headers, _explained, session
@@ -181,6 +181,9 @@ class _UsersRun:
         self.app = app
         self.query = query
         self.select = _user_select(query.properties)
+        #: Users pages come typed (`odata_pages`) unless extra properties are read, which
+        #: only a page's JSON objects hold.
+        self.typed = None if query.properties else GraphUser
         #: Turned off by the first refusal, so the tenant gets one notice.
         self.sign_ins = query.sign_in_activity
         #: Each requested group name → the ids of the groups of that name.
@@ -346,32 +349,36 @@ class _UsersRun:
     def _round(self, url: str, params: dict[str, str] | None) -> Iterator[Any]:
         """One users delta round, page by page; returns its relative delta link."""
         delta_link = None
-        for page in odata_pages(self.csp.http, url, params=params, headers=self.headers):
-            records: list[Any] = []
-            for item in page.items:
-                if isinstance(item, dict) and "@removed" in item:
-                    entity_id = str(item.get("id"))
-                    self.candidates.discard(entity_id)
-                    reason = (item.get("@removed") or {}).get("reason", "deleted")
-                    records.append(Removed(entity_id=entity_id, reason=reason))
-                    continue
-                record = self._user(item)
-                if isinstance(record, DirectoryUser):
-                    self.candidates.discard(record.object_id)
-                records.append(record)
-            yield from self._with_sign_ins(records)
+        for page in odata_pages(
+            self.csp.http, url, params=params, headers=self.headers, typed=self.typed
+        ):
+            yield from self._with_sign_ins(page.translated(self._round_record))
             delta_link = page.delta_link or delta_link
         return self._relative(delta_link)
+
+    def _round_record(self, item: Any) -> Any:
+        """A delta round's item as a record: a removal, a user, or why it is neither."""
+        if isinstance(item, dict) and "@removed" in item:
+            entity_id = str(item.get("id"))
+            self.candidates.discard(entity_id)
+            reason = (item.get("@removed") or {}).get("reason", "deleted")
+            return Removed(entity_id=entity_id, reason=reason)
+        record = self._user(item)
+        if isinstance(record, DirectoryUser):
+            self.candidates.discard(record.object_id)
+        return record
 
     def _membership_changes(self) -> Iterator[Any]:
         """The users whose group membership changed but who were not in the users round."""
         for batch in _batches(sorted(self.candidates), IDS_PER_FILTER):
             records = [
-                self._user(item)
+                record
                 for page in self._pages(
-                    "/v1.0/users", {"$filter": _id_in(batch), "$select": self.select}
+                    "/v1.0/users",
+                    {"$filter": _id_in(batch), "$select": self.select},
+                    typed=self.typed,
                 )
-                for item in page.items
+                for record in page.translated(self._user)
             ]
             # A user deleted since is simply not listed: the users round said so.
             yield from self._with_sign_ins(records)
@@ -451,9 +458,15 @@ class _UsersRun:
 
     # -- links -----------------------------------------------------------------------------
 
-    def _pages(self, path: str, params: dict[str, str]) -> Iterator[Any]:
+    def _pages(
+        self, path: str, params: dict[str, str], *, typed: type | None = None
+    ) -> Iterator[ODataPage]:
         return odata_pages(
-            self.csp.http, self.csp.url("graph", path), params=params, headers=self.headers
+            self.csp.http,
+            self.csp.url("graph", path),
+            params=params,
+            headers=self.headers,
+            typed=typed,
         )
 
     def _latest_link(self, path: str, params: dict[str, str]) -> str | None:
