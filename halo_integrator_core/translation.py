@@ -55,6 +55,11 @@ def field_key(key: str) -> dict[str, Any]:
     return {"json_key": key}
 
 
+def _key(field: attrs.Attribute[Any]) -> str:
+    """The JSON key of an attrs field: its `field_key`, or its name in camelCase."""
+    return field.metadata.get("json_key") or camel(field.name)
+
+
 def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
@@ -120,10 +125,7 @@ def make_json_converter() -> cattrs.Converter:
     converter.register_structure_hook(bool, _strict_bool)
 
     def factory(cls: type) -> Any:
-        overrides = {
-            field.name: override(rename=field.metadata.get("json_key") or camel(field.name))
-            for field in attrs.fields(cls)
-        }
+        overrides = {field.name: override(rename=_key(field)) for field in attrs.fields(cls)}
         structure_object = make_dict_structure_fn(cls, converter, **overrides)
 
         def structure(value: Any, _: type) -> Any:
@@ -143,7 +145,7 @@ json_converter = make_json_converter()
 def _json_key(cls: type, attribute: str) -> str:
     for field in attrs.fields(cls):
         if field.name == attribute:
-            return field.metadata.get("json_key") or camel(attribute)
+            return _key(field)
     return attribute
 
 
@@ -274,23 +276,19 @@ def _compile_reader(cls: type, into: Callable[..., Any] | None = None) -> Any:
     for a payload that fits and `_MISFIT` for one that may not (what ``into`` raises is not
     taken for a misfit).
     """
-    if not attrs.has(cls):
+    compiled = _compiled_fields(cls)
+    if compiled is None:
         return None
-    attrs.resolve_types(cls)
     names: dict[str, Any] = {"cls": cls, "into": into, "_Misfit": _Misfit, "_MISFIT": _MISFIT}
     lines = ["    if not isinstance(o, dict):", "        raise _Misfit"]
     arguments, fields = [], []
-    for index, field in enumerate(attrs.fields(cls)):
+    for index, field in enumerate(compiled):
         default = field.default
-        if field.converter is not None or not field.init:
-            return None
-        if isinstance(default, attrs.Factory) and default.takes_self:
-            return None
         value = f"v{index}"
         checks = _checks(field.type, value, names)
         if checks is None:
             return None
-        key = field.metadata.get("json_key") or camel(field.name)
+        key = _key(field)
         if default is attrs.NOTHING:
             lines += [f"    {value} = o[{key!r}]", *_indented(checks)]
         else:
@@ -314,6 +312,23 @@ def _compile_reader(cls: type, into: Callable[..., Any] | None = None) -> Any:
         ]
     exec(compile("\n".join(lines), f"<reader of {cls.__qualname__}>", "exec"), names)
     return names["read"]
+
+
+def _compiled_fields(cls: type) -> tuple[attrs.Attribute[Any], ...] | None:
+    """The fields of the attrs class ``cls``, types resolved, when compiled code can make a
+    ``cls`` from them as its ``__init__`` would: none with a converter, left out of
+    ``__init__``, or with a default made from the instance. ``None`` otherwise."""
+    if not attrs.has(cls):
+        return None
+    attrs.resolve_types(cls)
+    fields = attrs.fields(cls)
+    for field in fields:
+        default = field.default
+        if field.converter is not None or not field.init:
+            return None
+        if isinstance(default, attrs.Factory) and default.takes_self:
+            return None
+    return fields
 
 
 def _checks(kind: Any, value: str, names: dict[str, Any]) -> list[str] | None:
@@ -385,8 +400,9 @@ class TypedMisfit(Exception):
     one): its page is to be translated from its JSON instead, which says why."""
 
 
-#: Each class's typed form and the function building a ``cls`` from one, or ``None``.
-_TYPED: dict[type, tuple[type[msgspec.Struct], Callable[[Any], Any]] | None] = {}
+#: Each class's typed form and the function building a ``cls`` from one, or ``None``
+#: (`_COMPILING` while one is compiled).
+_TYPED: dict[type, Any] = {}
 
 
 def typed_form(cls: type) -> type[msgspec.Struct] | None:
@@ -402,12 +418,17 @@ def typed_form(cls: type) -> type[msgspec.Struct] | None:
 
 
 def _typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any]] | None:
-    if cls not in _TYPED:
+    found = _TYPED.get(cls, _UNREAD)
+    if found is _UNREAD or found is _COMPILING:
+        # Another thread compiling it: wait for its result rather than take "none".
         with _COMPILING:
-            if cls not in _TYPED:
-                _TYPED[cls] = None  # while it compiles: a class holding itself has none
-                _TYPED[cls] = _compile_typed(cls)
-    return _TYPED[cls]
+            found = _TYPED.get(cls, _UNREAD)
+            if found is _COMPILING:
+                return None  # this thread's own, under way: a class holding itself has none
+            if found is _UNREAD:
+                _TYPED[cls] = _COMPILING
+                found = _TYPED[cls] = _compile_typed(cls)
+    return found  # type: ignore[no-any-return]
 
 
 def _compile_typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any]] | None:
@@ -451,24 +472,20 @@ def _compile_typed_build(cls: type, into: Callable[..., Any]) -> Callable[[Any, 
 def _typed_fields(cls: type) -> tuple[list[tuple[Any, ...]], list[str], dict[str, Any]] | None:
     """The typed form's fields of ``cls`` (for `msgspec.defstruct`), and the statements
     making each ``v<i>`` the value of the ``cls`` field ``i`` from the struct ``s``."""
-    if not attrs.has(cls):
+    compiled = _compiled_fields(cls)
+    if compiled is None:
         return None
-    attrs.resolve_types(cls)
     names: dict[str, Any] = {"UNSET": msgspec.UNSET}
     fields: list[tuple[Any, ...]] = []
     lines: list[str] = []
-    for index, field in enumerate(attrs.fields(cls)):
+    for index, field in enumerate(compiled):
         default = field.default
-        if field.converter is not None or not field.init:
-            return None
-        if isinstance(default, attrs.Factory) and default.takes_self:
-            return None
         value = f"v{index}"
         shape = _typed_shape(field.type, value, names)
         if shape is None:
             return None
         kind, convert = shape
-        key = field.metadata.get("json_key") or camel(field.name)
+        key = _key(field)
         lines.append(f"    {value} = s.{field.name}")
         if default is attrs.NOTHING:
             fields.append((field.name, kind, msgspec.field(name=key)))

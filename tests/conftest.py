@@ -6,10 +6,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from halo_integrator_core import paging
 from halo_integrator_core.config import Config, load_config
 from halo_integrator_core.plugins import PluginHost
 from halo_integrator_core.store import Store
@@ -145,3 +147,18 @@ def microsoft(record_mode: str):
             )
         finally:
             cassette_support.recording_origins.clear()
+
+
+@pytest.fixture
+def page_ways(monkeypatch) -> list[bool]:
+    """How each OData page translated during the test came, in order: ``True`` in a typed
+    form, ``False`` as JSON objects (`ODataPage.translated`)."""
+    ways: list[bool] = []
+    real = paging.ODataPage.translated
+
+    def noting(page: paging.ODataPage, translate: Any) -> list[Any]:
+        ways.append(page.typed is not None)
+        return real(page, translate)
+
+    monkeypatch.setattr(paging.ODataPage, "translated", noting)
+    return ways

@@ -423,24 +423,16 @@ def test_never_synced_is_none_and_timestamps_are_utc(emulator, context):
     assert found[never.id].enrolled_at == never.enrolledDateTime
 
 
-def test_typed_pages_give_the_records_json_pages_give(emulator, context, monkeypatch):
+def test_typed_pages_give_the_records_json_pages_give(emulator, context, monkeypatch, page_ways):
     """Device pages are decoded into GraphManagedDevice's typed form; the records are those
     of decoding the JSON and reading each payload from it, by either listing method."""
     customer = readable(emulator)
-    typed: list[bool] = []
-    real = paging.ODataPage.translated
-
-    def noting(page, translate):
-        typed.append(page.typed is not None)
-        return real(page, translate)
-
-    monkeypatch.setattr(paging.ODataPage, "translated", noting)
     for query in (None, AssetQuery(per_user=True)):
-        typed.clear()
+        page_ways.clear()
         found = fetch(context, customer, query)
-        assert typed and all(typed) and by_id(found)
-        typed.clear()
+        assert page_ways and all(page_ways) and by_id(found)
+        page_ways.clear()
         with monkeypatch.context() as json_only:
             json_only.setattr(paging, "_typed_decoder", lambda _cls: None)
             assert fetch(context, customer, query) == found
-        assert typed and not any(typed)
+        assert page_ways and not any(page_ways)

@@ -508,28 +508,20 @@ def test_the_hook_passes_the_query_on(emulator, context):
     )
 
 
-def test_typed_pages_give_the_records_json_pages_give(emulator, context, monkeypatch):
+def test_typed_pages_give_the_records_json_pages_give(emulator, context, monkeypatch, page_ways):
     """Users pages are decoded into GraphUser's typed form (`odata_pages`' ``typed``); the
     records are those of decoding the JSON and reading each payload from it."""
     customer = readable(emulator)
-    typed: list[bool] = []
-    real = paging.ODataPage.translated
-
-    def noting(page, translate):
-        typed.append(page.typed is not None)
-        return real(page, translate)
-
-    monkeypatch.setattr(paging.ODataPage, "translated", noting)
 
     def both(bookmark: str | None = None) -> tuple[list[Any], Checkpoint]:
-        typed.clear()
+        page_ways.clear()
         found = fetch(context, customer, bookmark)
-        assert typed and all(typed)
-        typed.clear()
+        assert page_ways and all(page_ways)
+        page_ways.clear()
         with monkeypatch.context() as json_only:
             json_only.setattr(paging, "_typed_decoder", lambda _cls: None)
             assert fetch(context, customer, bookmark)[0] == found[0]
-        assert typed and not any(typed)
+        assert page_ways and not any(page_ways)
         return found
 
     records, checkpoint = both()

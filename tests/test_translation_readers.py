@@ -90,6 +90,12 @@ class _Payload:
     )
 
 
+@attrs.frozen
+class _Node:
+    id: str
+    children: list[_Node] = attrs.field(factory=list)
+
+
 def _through_typed(payload: dict, cls: type, into=None):
     """``payload`` the typed way: decoded from its bytes, then made a record. ``None`` where
     the typed way leaves it to the JSON way (a refusal, or `TypedMisfit`)."""
@@ -205,4 +211,5 @@ def test_a_class_with_a_field_no_typed_form_follows_has_none():
         price: Decimal
 
     assert translation.typed_form(Priced) is None
+    assert translation.typed_form(_Node) is None  # a class holding itself
     assert translation.typed_form(_Payload) is not None
