@@ -93,13 +93,20 @@ class _Layout:
 
     cls: type
     values: Callable[[Any], tuple[Any, ...]]
-    setters: tuple[Callable[[Any, Any], None], ...]
+    #: A record from its values: straight-line code setting each slot in turn (a loop over
+    #: the slots' setters took twice as long, a sixth of an unchanged sync's spooling).
+    build: Callable[[tuple[Any, ...]], Any]
 
-    def build(self, values: tuple[Any, ...]) -> Any:
-        record = object.__new__(self.cls)
-        for setter, value in zip(self.setters, values, strict=True):
-            setter(record, value)
-        return record
+
+def _builder(cls: type, slots: list[Any]) -> Callable[[tuple[Any, ...]], Any]:
+    names: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    lines = ["def build(values):", "    record = new(cls)"]
+    for index, slot in enumerate(slots):
+        names[f"set{index}"] = slot.__set__
+        lines.append(f"    set{index}(record, values[{index}])")
+    lines.append("    return record")
+    exec(compile("\n".join(lines), f"<spool build of {cls.__qualname__}>", "exec"), names)
+    return names["build"]  # type: ignore[no-any-return]
 
 
 _layouts: dict[type, _Layout | None] = {}
@@ -120,7 +127,7 @@ def _layout(cls: type) -> _Layout | None:
         if names and all(isinstance(slot, types.MemberDescriptorType) for slot in slots):
             getter = operator.attrgetter(*names)
             values = getter if len(names) > 1 else lambda record: (getter(record),)
-            layout = _Layout(cls, values, tuple(slot.__set__ for slot in slots))  # type: ignore[union-attr]
+            layout = _Layout(cls, values, _builder(cls, slots))
     _layouts[cls] = layout
     return layout
 
