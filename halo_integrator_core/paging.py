@@ -13,7 +13,7 @@ page then costs no wall time when Microsoft is the slower side, and at most two 
 held at once.
 
 Given an attrs payload class (``typed``), the OData paginator decodes each page's bytes
-straight into the class's typed form (`translation.typed_form`), about a third of the cost
+straight into the class's typed form (`translation.typed_form`), about two thirds of the cost
 of decoding the JSON and reading each payload from it. A page with an item the typed form
 refuses, or with a removal of a delta round (``@removed``), comes as JSON as without.
 """
