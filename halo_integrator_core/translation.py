@@ -538,7 +538,9 @@ def _typed_shape(kind: Any, value: str, names: dict[str, Any]) -> tuple[Any, lis
         [item_kind] = arguments
         if item_kind in _INLINE:
             shape = _typed_shape(item_kind, f"{value}_item", names)
-            return None if shape is None or shape[1] else (list[item_kind], [])  # type: ignore[valid-type]
+            if shape is None or shape[1]:
+                return None
+            return list[item_kind], []  # type: ignore[valid-type]
         if attrs.has(item_kind):
             typed = _typed(item_kind)
             if typed is None:
