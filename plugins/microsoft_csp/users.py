@@ -347,7 +347,13 @@ class _UsersRun:
     # -- users -----------------------------------------------------------------------------
 
     def _round(self, url: str, params: dict[str, str] | None) -> Iterator[Any]:
-        """One users delta round, page by page; returns its relative delta link."""
+        """One users delta round, page by page; returns its relative delta link.
+
+        Every item of a round carries every selected property, its old value if unchanged:
+        without ``Prefer: return=minimal`` (user-delta.md, v1.0), which is never sent, a
+        property is left out only when it was never set, so an absent one is read as its
+        default. With that header an absent property would mean "unchanged", and reading
+        it as its default would clear fields and licences."""
         delta_link = None
         for page in odata_pages(
             self.csp.http, url, params=params, headers=self.headers, typed=self.typed
