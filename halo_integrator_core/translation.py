@@ -216,8 +216,8 @@ def translator(cls: type, into: Callable[..., R]) -> Callable[[Any, Any], R | Re
         raise TypeError(f"{into.__qualname__} takes no {', '.join(missing)} of {cls.__qualname__}")
     read = _compile_reader(cls, into)
     typed = _typed(cls)
-    build = None if typed is None else _compile_typed_build(cls, into)
-    form = None if build is None else typed[0]
+    build = None if typed is None else _compile_typed_build(typed, cls, into)
+    form = None if typed is None else typed.form
 
     def translate_into(payload: Any, context: Any) -> R | RecordError:
         if form is not None and isinstance(payload, form):
@@ -310,8 +310,7 @@ def _compile_reader(cls: type, into: Callable[..., Any] | None = None) -> Any:
             "        return _MISFIT",
             f"    return into(context, o, {', '.join(fields)})",
         ]
-    exec(compile("\n".join(lines), f"<reader of {cls.__qualname__}>", "exec"), names)
-    return names["read"]
+    return _function(lines, f"<reader of {cls.__qualname__}>", names)
 
 
 def _compiled_fields(cls: type) -> tuple[attrs.Attribute[Any], ...] | None:
@@ -400,8 +399,7 @@ class TypedMisfit(Exception):
     one): its page is to be translated from its JSON instead, which says why."""
 
 
-#: Each class's typed form and the function building a ``cls`` from one, or ``None``
-#: (`_COMPILING` while one is compiled).
+#: Each class's `_Typed`, or ``None`` (`_COMPILING` while one is compiled).
 _TYPED: dict[type, Any] = {}
 
 
@@ -414,10 +412,21 @@ def typed_form(cls: type) -> type[msgspec.Struct] | None:
     typed form cannot follow exactly (a decimal, a union, a field with a converter), whose
     payloads are only ever translated from JSON."""
     typed = _typed(cls)
-    return None if typed is None else typed[0]
+    return None if typed is None else typed.form
 
 
-def _typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any]] | None:
+@attrs.frozen
+class _Typed:
+    """A class's typed form, ``build(struct) -> cls``, and the statements (with the names
+    they use) that read each ``v<i>`` from a struct ``s``, for `translator`'s own build."""
+
+    form: type[msgspec.Struct]
+    build: Callable[[Any], Any]
+    lines: list[str]
+    names: dict[str, Any]
+
+
+def _typed(cls: type) -> _Typed | None:
     found = _TYPED.get(cls, _UNREAD)
     if found is _UNREAD or found is _COMPILING:
         # Another thread compiling it: wait for its result rather than take "none".
@@ -431,8 +440,7 @@ def _typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any]] | Non
     return found  # type: ignore[no-any-return]
 
 
-def _compile_typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any]] | None:
-    """The typed form of ``cls`` and ``build(struct) -> cls``."""
+def _compile_typed(cls: type) -> _Typed | None:
     shaped = _typed_fields(cls)
     if shaped is None:
         return None
@@ -443,30 +451,30 @@ def _compile_typed(cls: type) -> tuple[type[msgspec.Struct], Callable[[Any], Any
         return None
     arguments = ", ".join(f"{field.alias}=v{i}" for i, field in enumerate(attrs.fields(cls)))
     code = ["def build(s):", *lines, f"    return cls({arguments})"]
-    names["cls"] = cls
-    exec(compile("\n".join(code), f"<typed build of {cls.__qualname__}>", "exec"), names)
-    return form, names["build"]
+    build = _function(code, f"<typed build of {cls.__qualname__}>", {**names, "cls": cls})
+    return _Typed(form, build, lines, names)
 
 
-def _compile_typed_build(cls: type, into: Callable[..., Any]) -> Callable[[Any, Any], Any] | None:
+def _compile_typed_build(typed: _Typed, cls: type, into: Callable[..., Any]) -> Any:
     """``build(struct, context)``: ``into(context, None, **fields)`` from a typed form of
     ``cls``, raising `TypedMisfit` where a field's value makes no ``cls`` field."""
-    shaped = _typed_fields(cls)
-    if shaped is None:
-        return None
-    _, lines, names = shaped
     fields = ", ".join(f"{field.name}=v{i}" for i, field in enumerate(attrs.fields(cls)))
     code = [
         "def build(s, context):",
         "    try:",
-        *_indented(lines),
+        *_indented(typed.lines),
         "    except Exception as exc:",
         "        raise TypedMisfit from exc",
         f"    return into(context, None, {fields})",
     ]
-    names |= {"into": into, "TypedMisfit": TypedMisfit}
-    exec(compile("\n".join(code), f"<typed build of {cls.__qualname__}>", "exec"), names)
-    return names["build"]  # type: ignore[no-any-return]
+    names = {**typed.names, "into": into, "TypedMisfit": TypedMisfit}
+    return _function(code, f"<typed build of {cls.__qualname__}>", names)
+
+
+def _function(code: list[str], filename: str, names: dict[str, Any]) -> Any:
+    """The one function ``code`` defines, compiled with ``names`` as its globals."""
+    exec(compile("\n".join(code), filename, "exec"), names)
+    return names[code[0].removeprefix("def ").split("(", 1)[0]]
 
 
 def _typed_fields(cls: type) -> tuple[list[tuple[Any, ...]], list[str], dict[str, Any]] | None:
@@ -529,8 +537,6 @@ def _typed_shape(kind: Any, value: str, names: dict[str, Any]) -> tuple[Any, lis
         if shape is None:
             return None
         inner_kind, convert = shape
-        if inner_kind is str and convert:  # a timestamp: parse_timestamp reads None too
-            return inner_kind | None, convert
         return inner_kind | None, (
             [f"    if {value} is not None:", *_indented(convert)] if convert else []
         )
@@ -545,8 +551,8 @@ def _typed_shape(kind: Any, value: str, names: dict[str, Any]) -> tuple[Any, lis
             typed = _typed(item_kind)
             if typed is None:
                 return None
-            names[f"b_{value}"] = typed[1]
-            return list[typed[0]], [  # type: ignore[valid-type]
+            names[f"b_{value}"] = typed.build
+            return list[typed.form], [  # type: ignore[valid-type]
                 f"    {value} = [b_{value}(item) for item in {value}]"
             ]
         return None
@@ -554,8 +560,8 @@ def _typed_shape(kind: Any, value: str, names: dict[str, Any]) -> tuple[Any, lis
         typed = _typed(kind)
         if typed is None:
             return None
-        names[f"b_{value}"] = typed[1]
-        return typed[0], [f"    {value} = b_{value}({value})"]
+        names[f"b_{value}"] = typed.build
+        return typed.form, [f"    {value} = b_{value}({value})"]
     return None
 
 
