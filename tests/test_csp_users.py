@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
+import requests
 import structlog
 from structlog.testing import capture_logs
 
@@ -205,6 +206,30 @@ def test_each_kind_of_change_arrives_in_the_next_delta_round(emulator, context):
     assert record.object_id == again.id != hard and record.user_principal_name == upn
 
     assert next_round() == []
+
+
+def test_delta_rounds_never_ask_graph_for_minimal_items(emulator, context, monkeypatch):
+    """A round's item is read as a whole user, an absent property as its default (see
+    `_round`). With ``Prefer: return=minimal`` Graph would leave out the properties that did
+    not change (user-delta.md, v1.0), and reading those as defaults would clear fields and
+    licences: a round must not ask for it, or must first learn to merge."""
+    sent: list[str] = []
+    send = requests.Session.send
+
+    def recording(session, request, **options):
+        if "/users/delta" in request.url:
+            sent.append(request.headers.get("Prefer", ""))
+        return send(session, request, **options)
+
+    monkeypatch.setattr(requests.Session, "send", recording)
+    customer = readable(emulator)
+    _, checkpoint = fetch(context, customer)
+    member = min(u.id for u in customer.users.values() if u.userType == "Member")
+    emulator.world.modify_user(customer.tenant_id, member, jobTitle="Changed")
+    [record], _ = fetch(context, customer, checkpoint.bookmark)
+    assert record.job_title == "Changed" and record.user_principal_name
+    assert len(sent) >= 2, "the full round and the delta round were both seen"
+    assert not [p for p in sent if "return=minimal" in p.lower()]
 
 
 def test_an_expired_delta_link_starts_a_full_round(emulator, context):
