@@ -492,17 +492,30 @@ def test_transitive_members_flatten_nested_groups(emulator):
     assert {
         i for i, v in by_id.items() if v["@odata.type"] == "#microsoft.graph.user"
     } == direct_users | {newcomer.id}
-    users = get(
-        emulator,
-        f"/groups/{staff.id}/transitiveMembers/microsoft.graph.user?$select=displayName,id&$top=999",
-        bearer,
+    cast = (
+        f"/groups/{staff.id}/transitiveMembers/microsoft.graph.user?$select=displayName,id&$top=999"
     )
+    # An OData cast is an advanced query: ConsistencyLevel: eventual and $count=true, both.
+    advanced = {"ConsistencyLevel": "eventual"}
+    error_of(call(emulator, cast, bearer), 400, "Request_UnsupportedQuery")
+    error_of(call(emulator, cast, bearer, headers=advanced), 400, "Request_UnsupportedQuery")
+    error_of(call(emulator, cast + "&$count=true", bearer), 400, "Request_BadRequest")
+    users = get(emulator, cast + "&$count=true", bearer, headers=advanced)
     assert (
         users["@odata.context"]
         == "https://graph.microsoft.com/v1.0/$metadata#users(displayName,id)"
     )
     assert {u["id"] for u in users["value"]} == direct_users | {newcomer.id}
+    assert users["@odata.count"] == len(users["value"])
     assert all("@odata.type" not in u for u in users["value"])
+    groups = get(
+        emulator,
+        f"/groups/{staff.id}/transitiveMembers/microsoft.graph.group?$select=id&$count=true",
+        bearer,
+        headers=advanced,
+    )
+    assert nested.id in {g["id"] for g in groups["value"]}
+    assert newcomer.id not in {g["id"] for g in groups["value"]}
     error_of(
         call(emulator, "/groups/00000000-0000-4000-8000-000000000000/transitiveMembers", bearer),
         404,
@@ -933,8 +946,10 @@ def _sample_response(server: EmulatorServer, name: str) -> dict[str, Any]:
     if name == "group_transitive_member_users":
         return get(
             server,
-            f"/groups/{staff.id}/transitiveMembers/microsoft.graph.user?$select=displayName,id",
+            f"/groups/{staff.id}/transitiveMembers/microsoft.graph.user"
+            "?$count=true&$select=displayName,id",
             bearer,
+            headers={"ConsistencyLevel": "eventual"},
         )
     if name == "managed_devices_list":
         return get(server, "/deviceManagement/managedDevices", bearer)

@@ -65,6 +65,9 @@ GROUP_DELTA_SELECT = "displayName,members"
 IDS_PER_FILTER = 15
 #: Page size of the transitive member listings (group-list-transitivemembers.md: 1..999).
 MEMBERS_PAGE = 999
+#: What an advanced query (aad-advanced-queries.md), such as an OData cast, must send with
+#: each of its requests, besides ``$count=true``.
+ADVANCED_QUERY = {"ConsistencyLevel": "eventual"}
 BOOKMARK_VERSION = 1
 
 #: Graph's refusals of signInActivity (code → cause, fix), which leave sign-in dates empty
@@ -327,10 +330,13 @@ class _UsersRun:
 
     def _transitive(self, group_id: str, cast: str = "microsoft.graph.user") -> Iterator[str]:
         """The ids of a group's users (or nested groups), nesting flattened; none if the
-        group is gone."""
+        group is gone. The OData cast to one type is an advanced query: Graph serves it only
+        with ``ConsistencyLevel: eventual`` and ``$count=true`` (group-list-transitivemembers.md),
+        the header sent with every page (it is not carried into the next link)."""
         path = f"/v1.0/groups/{group_id}/transitiveMembers/{cast}"
+        params = {"$select": "id", "$top": str(MEMBERS_PAGE), "$count": "true"}
         try:
-            for page in self._pages(path, {"$select": "id", "$top": str(MEMBERS_PAGE)}):
+            for page in self._pages(path, params, headers=ADVANCED_QUERY):
                 yield from (str(item["id"]) for item in page.items if _has_id(item))
         except NotFound:
             return
@@ -465,13 +471,18 @@ class _UsersRun:
     # -- links -----------------------------------------------------------------------------
 
     def _pages(
-        self, path: str, params: dict[str, str], *, typed: type | None = None
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        typed: type | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Iterator[ODataPage]:
         return odata_pages(
             self.csp.http,
             self.csp.url("graph", path),
             params=params,
-            headers=self.headers,
+            headers={**self.headers, **headers} if headers else self.headers,
             typed=typed,
         )
 
