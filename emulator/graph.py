@@ -1438,11 +1438,17 @@ def delta(emu: Emulator, request: Request, kind: _DeltaKind) -> Response:
                 f"The query option '{option}' is not supported in a delta query on {kind.collection}.",
             )
     extra = ("members",) if kind.kind == "group" else ()
+    # A delta round is a users collection: the properties "only supported when retrieving a
+    # single user" (user-list.md), kept outside the directory, are answered 501 here too
+    # (delta-query-overview.md: they are "not supported as part of change tracking").
+    single_only = USER_SINGLE_ONLY if kind.kind == "user" else frozenset()
     world = emu.world
     raw_delta, raw_skip = options.get("$deltatoken"), options.get("$skiptoken")
     with world.lock:
         if raw_delta and raw_delta.lower() == "latest":
-            selected, _ = _select(options, kind.table, kind.default, extra=extra)
+            selected, _ = _select(
+                options, kind.table, kind.default, extra=extra, not_in_collections=single_only
+            )
             state = {
                 "k": kind.kind,
                 "t": customer.tenant_id,
@@ -1466,9 +1472,13 @@ def delta(emu: Emulator, request: Request, kind: _DeltaKind) -> Response:
                 raise _delta_expired(emu, kind, state)
             if raw_delta and options.get("$select"):
                 # "$select and $deltaLink ... so that customers can change the properties they track"
-                state["s"], _ = _select(options, kind.table, kind.default, extra=extra)
+                state["s"], _ = _select(
+                    options, kind.table, kind.default, extra=extra, not_in_collections=single_only
+                )
         else:
-            selected, chose = _select(options, kind.table, kind.default, extra=extra)
+            selected, chose = _select(
+                options, kind.table, kind.default, extra=extra, not_in_collections=single_only
+            )
             state = {
                 "k": kind.kind,
                 "t": customer.tenant_id,

@@ -99,6 +99,15 @@ class Conflict(HttpError):
     pass
 
 
+class NotSupported(BadRequest):
+    """501 Not Implemented: the API does not serve this request as asked (Graph answers so
+    a listing that selects a property kept outside the directory, such as a user's
+    ``skills``: delta-query-overview.md, "Properties stored outside of the main data
+    store"). Asking again cannot help."""
+
+    hint = "the API does not support this request as asked: retrying cannot help"
+
+
 class UnexpectedResponse(HttpError):
     """The answer was not what the API documents (bad JSON, wrong shape)."""
 
@@ -133,14 +142,22 @@ def _codes(*codes: str) -> frozenset[str]:
 ERROR_TABLE: tuple[Rule, ...] = (
     Rule(429, Action.RATE_LIMITED, RateLimited),
     Rule(503, Action.RATE_LIMITED, ServiceUnavailable),
-    # Graph's answer to an expired delta token (and Partner Center's expired manifests).
+    # Graph's answer to an expired delta token (and Partner Center's expired manifests):
+    # 410, or "a 40X-series error with error codes such as syncStateNotFound"
+    # (delta-query-overview.md, "Token duration"), whichever 40X it is.
     Rule(410, Action.FAIL, Gone),
-    Rule(400, Action.FAIL, Gone, _codes("syncStateNotFound", "resyncRequired", "syncStateInvalid")),
+    Rule(
+        range(400, 500),
+        Action.FAIL,
+        Gone,
+        _codes("syncStateNotFound", "resyncRequired", "syncStateInvalid"),
+    ),
     Rule(401, Action.FAIL, AuthenticationFailed),
     Rule(403, Action.FAIL, PermissionDenied),
     Rule(404, Action.FAIL, NotFound),
     Rule(409, Action.FAIL, Conflict),
     Rule(412, Action.FAIL, Conflict),
+    Rule(501, Action.FAIL, NotSupported),
     Rule(range(500, 600), Action.RETRY, ServiceUnavailable),
     Rule(range(400, 500), Action.FAIL, BadRequest),
 )

@@ -27,6 +27,7 @@ from halo_integrator_core import (
     paging,
 )
 from halo_integrator_core.config import EndpointSettings, IntegratorSettings, SecretRef
+from halo_integrator_core.errors import NotSupported
 from halo_integrator_core.http import HttpClient
 from halo_integrator_core.translation import parse_timestamp
 from halo_microsoft_csp import plugin, users
@@ -323,6 +324,20 @@ def test_extra_properties_are_selected_and_kept_in_attributes(emulator, context)
     select = path.split("$select=", 1)[1].split("&", 1)[0].split(",")
     assert select.count("department") == 1 and "mailNickname" in select
     assert "companyName" in select and "signInActivity" not in select
+
+
+def test_a_property_graph_serves_in_no_listing_fails_at_once_naming_it(emulator, context):
+    """``skills`` lives outside the directory: Graph answers a listing that selects it 501
+    (delta-query-overview.md). Asking again cannot help, so the round is not retried, and
+    the error names the extra properties and the fix."""
+    customer = readable(emulator)
+    query = UserQuery(properties=("department", "skills"))
+    with pytest.raises(NotSupported) as caught:
+        fetch(context, customer, query=query)
+    assert caught.value.status == 501 and caught.value.code == "NotImplemented"
+    message = str(caught.value)
+    assert "department, skills" in message and "field mappings" in message
+    assert len(requested(emulator, "/users/delta")) == 1
 
 
 # -- groups ------------------------------------------------------------------------------------------

@@ -255,6 +255,31 @@ def test_a_dropped_connection_is_retried_for_a_get_but_not_a_post(server, client
             errors.Gone,
             "resyncRequired",
         ),
+        # "a 40X-series error with error codes such as syncStateNotFound": any 40X.
+        (
+            404,
+            {"error": {"code": "syncStateNotFound", "message": "Sync state not found."}},
+            errors.Gone,
+            "syncStateNotFound",
+        ),
+        (
+            409,
+            {"error": {"code": "syncStateInvalid", "message": "Sync state invalid."}},
+            errors.Gone,
+            "syncStateInvalid",
+        ),
+        # A property kept outside the directory (delta-query-overview.md): not retried.
+        (
+            501,
+            {
+                "error": {
+                    "code": "NotImplemented",
+                    "message": "This operation target is not yet supported.",
+                }
+            },
+            errors.NotSupported,
+            "NotImplemented",
+        ),
         (
             400,
             {

@@ -43,7 +43,7 @@ from halo_integrator_core import (
     Tenant,
     UserQuery,
 )
-from halo_integrator_core.errors import Gone, NotFound, PermissionDenied
+from halo_integrator_core.errors import Gone, NotFound, NotSupported, PermissionDenied
 from halo_integrator_core.paging import ODataPage, odata_pages
 from halo_integrator_core.translation import parse_timestamp, translator
 
@@ -224,10 +224,35 @@ class _UsersRun:
                 yield from self._membership_changes()
                 yield Checkpoint(bookmark=self._bookmark(users_link, group_links), complete=False)
                 return
-        users_link = yield from self._round(
-            self.csp.url("graph", "/v1.0/users/delta"), {"$select": self.select}
-        )
+        try:
+            users_link = yield from self._round(
+                self.csp.url("graph", "/v1.0/users/delta"), {"$select": self.select}
+            )
+        except NotSupported as exc:
+            raise self._unsupported(exc) from None
         yield Checkpoint(bookmark=self._bookmark(users_link, group_links), complete=True)
+
+    def _unsupported(self, exc: NotSupported) -> NotSupported:
+        """Graph's 501 to a listing: with extra properties asked for, most likely one kept
+        outside the directory, which Graph serves in no listing or delta
+        (delta-query-overview.md: ``$select=skills`` answers 501, "This operation target is
+        not yet supported."). Its answer names none, so the error names the suspects."""
+        extra = sorted(set(self.query.properties), key=str.lower)
+        if not extra:
+            return exc
+        return NotSupported(
+            f"{exc.detail} The users were asked for with extra properties "
+            f"{', '.join(extra)}: Graph serves no property kept outside the directory (such "
+            "as skills, aboutMe or interests) in a users listing or delta. Fix: remove that "
+            "property from the user field mappings, or map it from a directory property",
+            method=exc.method,
+            url=exc.url,
+            status=exc.status,
+            code=exc.code,
+            request_id=exc.request_id,
+            attempts=exc.attempts,
+            body=exc.body,
+        )
 
     def _from_now(self) -> Iterator[Any]:
         """`LATEST_BOOKMARK`: links that see what changes from now on, and no users
