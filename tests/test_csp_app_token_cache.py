@@ -12,7 +12,9 @@ import stat
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import msal
 import pytest
 import structlog
 from structlog.testing import capture_logs
@@ -412,3 +414,45 @@ def test_tokens_coming_fast_are_written_once_an_interval_and_at_the_run_end(
         time.sleep(0.05)
     assert writes.count(path) == before + 2
     assert new in path.read_text(encoding="utf-8")
+
+
+def later_clock(seconds: float) -> SimpleNamespace:
+    """The ``time`` module as a module sees it ``seconds`` from now."""
+    names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+    return SimpleNamespace(
+        **names
+        | {"time": lambda: time.time() + seconds, "monotonic": lambda: time.monotonic() + seconds}
+    )
+
+
+def test_a_stream_goes_on_with_a_new_token_once_its_own_nears_its_end(
+    emulator, http, consented, tmp_path, monkeypatch
+):
+    """The header a listing sends with each page (`AppTokens.headers`) asks for a new token
+    when less than MSAL's five minutes are left of its own, not at every page."""
+    tenant = consented[0]
+    headers = run(emulator, http, tmp_path).headers(tenant, GRAPH_RESOURCE)
+    first = headers["Authorization"]
+    assert dict(headers) == {"Authorization": first} and counts(emulator) == (1, 1)
+    later = 56 * 60  # of an hour's token, four minutes left
+    for module in (auth, msal.application, msal.token_cache):
+        monkeypatch.setattr(module, "time", later_clock(later))
+    second = headers["Authorization"]
+    assert second != first and counts(emulator) == (2, 1)
+    assert headers["Authorization"] == second and counts(emulator) == (2, 1)
+    graph = emulator.endpoints()["graph"]
+    http.json("GET", f"{graph}/v1.0/users", headers=headers)  # read per request, and taken
+
+
+def test_a_token_with_time_left_is_read_from_the_header_without_asking(monkeypatch):
+    results = iter(
+        [{"access_token": "one", "expires_in": 3599}, {"access_token": "two", "expires_in": 3599}]
+    )
+    headers = auth.BearerHeaders(lambda: next(results))
+    assert headers["Authorization"] == "Bearer one"
+    monkeypatch.setattr(auth, "time", later_clock(3599 - auth.RENEW_BEFORE - 1))
+    assert headers["Authorization"] == "Bearer one"
+    monkeypatch.setattr(auth, "time", later_clock(3599 - auth.RENEW_BEFORE + 1))
+    assert headers["Authorization"] == "Bearer two"
+    with pytest.raises(KeyError):
+        headers["Content-Type"]

@@ -307,6 +307,19 @@ def test_without_the_device_permission_the_error_names_it_the_app_and_the_tenant
     assert "Application is not authorized" in raised.value.detail
 
 
+def test_once_the_permission_is_given_the_next_listing_has_it(emulator, context):
+    """The token refused for lacking the permission is dropped with the refusal, so the
+    next listing asks for a new one, which carries the permission added since, rather than
+    failing until the refused token ends (an hour at most)."""
+    revoke_device_permission(emulator)
+    customer = readable(emulator)
+    with pytest.raises(InsufficientPrivileges):
+        fetch(context, customer)
+    partner = next(iter(emulator.world.partners.values()))
+    partner.gdap_app.permissions.append(devices.DEVICE_PERMISSION)
+    assert set(by_id(fetch(context, customer))) == set(customer.devices)
+
+
 @pytest.mark.parametrize("per_user", [False, True])
 def test_a_tenant_without_intune_is_skipped_with_the_reason(emulator, context, per_user):
     customer = readable(emulator)

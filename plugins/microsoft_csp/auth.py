@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -404,6 +404,47 @@ _live: weakref.WeakSet[AppTokens] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
 
+#: How long before its end a token held for a stream is renewed: MSAL itself takes a cached
+#: token with less than five minutes left as expired and asks for a new one.
+RENEW_BEFORE = 5 * 60
+
+
+class BearerHeaders(Mapping[str, str]):
+    """Request headers holding one ``Authorization``: an app's token for one tenant and
+    resource, asked for again once less than `RENEW_BEFORE` of it is left.
+
+    A stream of requests can outlive a token: a token lives an hour at most, one saved by an
+    earlier run may have only minutes left, and a tenant's devices listed user by user take
+    a request each. Read for every request (and every retry of one), this header goes on
+    with a new token where a header fixed at the start would be refused halfway (401).
+    """
+
+    def __init__(self, acquire: Callable[[], Mapping[str, Any]]) -> None:
+        self._acquire = acquire
+        self._lock = threading.Lock()
+        self._value, self._until = self._fresh()
+
+    def _fresh(self) -> tuple[str, float]:
+        result = self._acquire()
+        left = float(result.get("expires_in") or 0)
+        return f"Bearer {result['access_token']}", time.monotonic() + left - RENEW_BEFORE
+
+    def __getitem__(self, key: str) -> str:
+        if key != "Authorization":
+            raise KeyError(key)
+        if time.monotonic() >= self._until:
+            with self._lock:
+                if time.monotonic() >= self._until:
+                    self._value, self._until = self._fresh()
+        return self._value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("Authorization",))
+
+    def __len__(self) -> int:
+        return 1
+
+
 class AppTokens:
     """Client-credentials tokens of one app registration, per tenant and resource.
 
@@ -469,6 +510,10 @@ class AppTokens:
 
     def token(self, tenant: str, resource: str) -> str:
         """An access token for ``resource`` (e.g. `GRAPH_RESOURCE`) in ``tenant``."""
+        return self._acquire(tenant, resource)["access_token"]
+
+    def _acquire(self, tenant: str, resource: str) -> dict[str, Any]:
+        """MSAL's result for a token: ``access_token`` and ``expires_in`` (seconds left)."""
         with self._lock(tenant, resource):
             try:
                 client = self._client(tenant)
@@ -483,10 +528,13 @@ class AppTokens:
             self.token_cache.save()  # outside the lock: a slow disk holds no other token up
         if "access_token" not in result:
             raise token_error(result, tenant=tenant, app=self.app_name)
-        return result["access_token"]
+        return result
 
-    def headers(self, tenant: str, resource: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(tenant, resource)}"}
+    def headers(self, tenant: str, resource: str) -> BearerHeaders:
+        """The ``Authorization`` header for calls to ``resource`` in ``tenant``, renewed as
+        its token nears its end (`BearerHeaders`). The first token is asked for now, so a
+        tenant that refuses the app says so here."""
+        return BearerHeaders(lambda: self._acquire(tenant, resource))
 
     def forget(self, tenant: str) -> int:
         """Drop this app's cached tokens for ``tenant``, so the next one is asked for anew.

@@ -30,7 +30,7 @@ device) and "never" as ``0001-01-01T00:00:00Z``; both become ``None``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ from halo_integrator_core.errors import BadRequest, HttpError, NotFound, Permiss
 from halo_integrator_core.paging import ODataPage, odata_pages
 from halo_integrator_core.translation import translator
 
+from .auth import forget_refused
 from .directory import CspSession, _customer_graph_headers, _explained, session
 from .errors import InsufficientPrivileges
 from .payloads import GraphManagedDevice
@@ -96,7 +97,12 @@ class _DevicesRun:
     """One call of ``fetch_assets`` for one tenant."""
 
     def __init__(
-        self, csp: CspSession, tenant: Tenant, headers: dict[str, str], app: str, query: AssetQuery
+        self,
+        csp: CspSession,
+        tenant: Tenant,
+        headers: Mapping[str, str],
+        app: str,
+        query: AssetQuery,
     ) -> None:
         self.csp = csp
         self.tenant = tenant
@@ -221,6 +227,10 @@ class _DevicesRun:
             )
         if isinstance(exc, PermissionDenied):
             tenant_id = self.tenant.tenant_id
+            # Raised as our own error, which `_explained` does not see: the token held for
+            # the tenant lacks the permission and would be served until it ends (an hour),
+            # after the admin had added it, so it is dropped here.
+            forget_refused(tenant_id, self.app)
             return InsufficientPrivileges(
                 cause=f"{self.app} may not read the Intune managed devices of "
                 f"tenant {self._where}: it lacks the Microsoft Graph application permission "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -137,7 +137,7 @@ class ConnectionClients:
             http_cache=http_cache,
         )
 
-    def partner_center_headers(self) -> dict[str, str]:
+    def partner_center_headers(self) -> Mapping[str, str]:
         """Headers for Partner Center in the partner tenant: delegated when authorized."""
         if self._authorized is None:
             self._authorized = bool(self.delegated and self.delegated.status().authorized)
@@ -461,7 +461,7 @@ def fetch_licences(context: ModuleContext, tenant: Tenant) -> Iterator[Any]:
 
 def _customer_graph_headers(
     csp: CspSession, connection: Connection, tenant: Tenant
-) -> dict[str, str]:
+) -> Mapping[str, str]:
     if tenant.access in (TenantAccess.RESELLER_ONLY, TenantAccess.GDAP_EXPIRED):
         raise SkipTenant(
             f"no active GDAP relationship with tenant {tenant.tenant_id}: its directory "

@@ -740,7 +740,7 @@ def _holds(answer: Any, sku: str, *, default: bool) -> bool:
 
 
 def _licence_counts(
-    csp: CspSession, graph: str, headers: dict[str, str], licence: StoredLicence
+    csp: CspSession, graph: str, headers: Mapping[str, str], licence: StoredLicence
 ) -> LicenceCounts | None:
     """The licence's units as Graph's subscribedSkus counts them now; ``None`` if unread."""
     try:
@@ -1066,7 +1066,7 @@ def _json(response: Any, url: str) -> dict[str, Any]:
 
 
 def _sku_bounds(
-    csp: CspSession, base: str, headers: dict[str, str], resource: Mapping[str, Any]
+    csp: CspSession, base: str, headers: Mapping[str, str], resource: Mapping[str, Any]
 ) -> tuple[int, int] | None:
     """The SKU's (minimumQuantity, maximumQuantity), from the subscription's ``links.sku``;
     ``None`` when there is no such link or the catalogue does not answer."""
@@ -1090,7 +1090,7 @@ def _await_change(
     csp: CspSession,
     base: str,
     url: str,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
     response: Any,
     quantity: int,
 ) -> dict[str, Any]:

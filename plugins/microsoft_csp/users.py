@@ -25,6 +25,7 @@ stored before groups were tracked) is still read as the users link.
 from __future__ import annotations
 
 import json
+from collections import ChainMap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -47,6 +48,7 @@ from halo_integrator_core.errors import Gone, NotFound, NotSupported, Permission
 from halo_integrator_core.paging import ODataPage, odata_pages
 from halo_integrator_core.translation import parse_timestamp, translator
 
+from .auth import forget_refused
 from .directory import CspSession, _customer_graph_headers, _explained, session
 from .payloads import AssignedLicense, GraphUser
 
@@ -174,7 +176,7 @@ class _UsersRun:
         self,
         csp: CspSession,
         tenant: Tenant,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         app: str,
         query: UserQuery,
     ) -> None:
@@ -454,6 +456,10 @@ class _UsersRun:
             if refusal is None:
                 raise
             self.sign_ins = False
+            if exc.code and exc.code.lower() == "authentication_msgraphpermissionmissing":
+                # Handled here, not by `_explained`: the held token lacks the permission and
+                # would be served until it ends, after the admin had added it.
+                forget_refused(self.tenant.tenant_id, self.app)
             cause, fix = refusal
             where = {
                 "app": self.app,
@@ -507,7 +513,8 @@ class _UsersRun:
             self.csp.http,
             self.csp.url("graph", path),
             params=params,
-            headers={**self.headers, **headers} if headers else self.headers,
+            # A chain, not a copy: the token header is read for each request (BearerHeaders).
+            headers=ChainMap(headers, self.headers) if headers else self.headers,
             typed=typed,
         )
 
