@@ -194,6 +194,33 @@ def test_one_failing_connection_keeps_its_tenants_and_is_reported(
     assert all(t["active"] for t in exported(store, "tenants"))
 
 
+def test_a_customer_partner_center_garbles_is_left_as_stored_and_no_tenant_is_deactivated(
+    emulator, store, write_config, secrets
+):
+    """One customer record Partner Center sends unreadable (no company name) is reported;
+    its tenant is not taken for one without a reseller relationship (which would drop its
+    subscriptions), nor, the listing not being whole, is any tenant taken for gone."""
+    config = csp_config(emulator, write_config)
+    sync(store, config)
+    before = {t["tenant_id"]: t for t in exported(store, "tenants")}
+    garbled = next(
+        c
+        for c in emulator.world.customers.values()
+        if c.reseller and c.gdap_status == "active" and c.consented
+    )
+    garbled.name = None
+    result = sync(store, config)
+    after = {t["tenant_id"]: t for t in exported(store, "tenants")}
+    assert after[garbled.tenant_id]["access"] == "reseller_and_gdap"
+    assert after[garbled.tenant_id]["name"] == before[garbled.tenant_id]["name"]
+    assert all(t["active"] for t in after.values())
+    [problem] = [p for p in result.problems if p.kind == "tenants"]
+    assert "companyName" in problem.reason or "company_name" in problem.reason
+    assert result.counts["tenants"].deactivated == 0
+    subscriptions = [s for s in exported(store, "subscriptions") if s["active"]]
+    assert any(s["tenant_id"] == garbled.tenant_id for s in subscriptions)
+
+
 def test_a_mapping_overrides_the_licence_import_type_and_relationship_type(
     emulator, store, write_config, secrets
 ):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -232,7 +232,8 @@ def fetch_tenants(context: ModuleContext) -> Iterator[Any]:
     for connection in csp.connections.values():
         with structlog.contextvars.bound_contextvars(connection=connection.name):
             try:
-                yield from _tenants_of(csp, connection)
+                whole = yield from _tenants_of(csp, connection)
+                complete = complete and whole
             except (HttpError, MicrosoftAuthError, ValueProblem) as exc:
                 # This connection's tenants stay as stored; the other connections go on.
                 complete = False
@@ -240,10 +241,19 @@ def fetch_tenants(context: ModuleContext) -> Iterator[Any]:
     yield Checkpoint(bookmark=None, complete=complete)
 
 
-def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
+def _tenants_of(csp: CspSession, connection: Connection) -> Generator[Any, None, bool]:
+    """The connection's tenants, and the reasons of the records that could not be read;
+    returns whether the listing was whole.
+
+    A customer or relationship that cannot be read leaves its tenant as stored (not yielded
+    with a part of what is known of it: without its customer record a tenant would lose its
+    reseller relationship, so its subscriptions) and the listing not whole, so that no
+    tenant is taken for gone from it."""
     clients = csp.clients(connection)
     partner = str(connection.tenant_id)
     resellers: dict[str, PartnerCenterCustomer] = {}
+    unread: set[str] = set()
+    whole = True
     if connection.relationship_mode is RelationshipMode.GDAP_AND_DAP:
         headers = clients.partner_center_headers()
         with _explained("partner_center", partner, clients.partner_center.app_name):
@@ -258,6 +268,8 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
                 for item in page.items:
                     customer = translate(item, PartnerCenterCustomer)
                     if isinstance(customer, RecordError):
+                        whole = False
+                        unread.add(_tenant_of_unread(item, "companyProfile"))
                         yield customer
                     else:
                         resellers[customer.company_profile.tenant_id.lower()] = customer
@@ -270,13 +282,15 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
             for item in page.items:
                 relationship = translate(item, DelegatedAdminRelationship)
                 if isinstance(relationship, RecordError):
+                    whole = False
+                    unread.add(_tenant_of_unread(item, "customer"))
                     yield relationship
                 else:
                     relationships.setdefault(relationship.customer.tenant_id.lower(), []).append(
                         relationship
                     )
 
-    tenant_ids = sorted(set(relationships) | set(resellers))
+    tenant_ids = sorted((set(relationships) | set(resellers)) - unread)
     refusals = _consent_checks(
         csp, connection, [t for t in tenant_ids if _active(relationships.get(t, []))]
     )
@@ -289,6 +303,14 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Iterator[Any]:
             relationships.get(tenant_id, []),
             refusals.get(tenant_id),
         )
+    return whole
+
+
+def _tenant_of_unread(item: Any, holder: str) -> str:
+    """The tenant ID a record that could not be read names, if it names one ("" if not)."""
+    found = item.get(holder) if isinstance(item, dict) else None
+    tenant_id = found.get("tenantId") if isinstance(found, dict) else None
+    return tenant_id.lower() if isinstance(tenant_id, str) else ""
 
 
 def _active(relationships: list[DelegatedAdminRelationship]) -> list[DelegatedAdminRelationship]:
