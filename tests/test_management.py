@@ -448,6 +448,29 @@ def test_a_change_still_in_progress_leaves_the_store_at_microsofts_quantity(setu
     assert len(setup.calls("GET", f"/subscriptions/{subscription.id}")) == 1 + 3
 
 
+def test_a_failing_read_after_the_202_reports_the_change_in_progress_not_refused(
+    setup, monkeypatch
+):
+    """Partner Center accepted the change (202): a read of it that then fails ends the
+    waiting, and the change is reported as still processing, not as refused."""
+    monkeypatch.setattr(management, "POLL_INTERVAL", 0.0)
+    subscription = a_subscription(setup, days_old=40)
+    synced(setup)
+    setup.emulator.app.state["pc_patch_async"] = True
+    setup.emulator.app.state["pc_patch_pending_polls"] = 10
+    location = management._location
+
+    def then_failing(base, value):
+        setup.emulator.app.inject("forbidden", endpoint="partner_center.subscription")
+        return location(base, value)
+
+    monkeypatch.setattr(management, "_location", then_failing)
+    out = setup.run("csp", "subscription", "set-quantity", subscription.id, "26")
+    assert "(202) and is still processing it: it shows 20 so far" in out
+    assert "no longer has" not in out and "refused" not in out.lower()
+    assert setup.stored_quantity(subscription.id) == 20
+
+
 def test_an_indirect_partner_is_refused(setup):
     subscription = a_subscription(setup, days_old=40)
     synced(setup)

@@ -1097,7 +1097,9 @@ def _await_change(
     """Read the subscription where the 202 points until it shows ``quantity``; the last read.
 
     The ``Location`` is followed only on Partner Center's own host (the token is not sent
-    anywhere else); otherwise the subscription's own URL is read.
+    anywhere else); otherwise the subscription's own URL is read. A read that fails ends
+    the waiting, not the change: Partner Center has accepted it (202), so it is reported
+    as still in progress, at the quantity last read, rather than as refused.
     """
     target = _location(base, response.headers.get("Location")) or url
     wait = POLL_INTERVAL
@@ -1109,7 +1111,11 @@ def _await_change(
     answer: dict[str, Any] = {}
     for _ in range(POLL_ATTEMPTS):
         sleep(wait)
-        answer = csp.http.json("GET", target, headers=headers)
+        try:
+            answer = csp.http.json("GET", target, headers=headers)
+        except HttpError as exc:
+            log.warning("subscription.change_unconfirmed", url=target, error=str(exc))
+            break
         if _int(answer.get("quantity"), -1) == quantity:
             break
     return answer
