@@ -35,6 +35,13 @@ Choices where the docs are silent or disagree:
   invoice is the world's rows of that invoice ID, else the last period's rows in the
   invoice's currency; any other invoice has no data (``5000``). Unbilled usage is filtered
   by ``currencyCode``: a currency the partner is not billed in has no data either.
+* ``ChargeStartDate`` is the start of the export's billing cycle, "except when presenting
+  dates of previously uncharged latent usage data from the previous billing cycle"
+  (``partner-center/daily-rated-usage-recon-files.md``): a world row whose fields carry a
+  ``ChargeStartDate`` is such latent usage, exported with that date (and the end of that
+  month as ``ChargeEndDate``) on the period or invoice it is charged on. The manifest's
+  ``rootDirectory`` names the export's billing month (``BillingMonth=YYYYMM``) as the
+  manifest page's example does: the unbilled period's, or the invoice's billing period's.
 * ``emulator.state["billing_no_data"] = True`` makes every operation fail with "No data
   available", whatever the world holds.
 * The SAS is checked as Azure Storage does: a missing, wrong or expired signature → 403
@@ -187,7 +194,14 @@ def usage_record(
     currency = fields["BillingCurrency"]
     rate = EXCHANGE_RATES.get(currency, Decimal("1"))
     billing_total = Decimal(fields["BillingPreTaxTotal"])
-    next_month = _month(period_start + timedelta(days=32))
+    # Latent usage of an earlier cycle, charged late, carries that cycle's dates.
+    latent = fields.get("ChargeStartDate")
+    charge_start = (
+        datetime.fromisoformat(latent).replace(tzinfo=period_start.tzinfo)
+        if latent
+        else period_start
+    )
+    next_month = _month(charge_start + timedelta(days=32))
     mpn = int(uuid.UUID(partner.tenant_id)) % 9_000_000 + 1_000_000
     meter_type = re.sub(r"^\d+\s*/?\s*", "", fields["Unit"]) or fields["Unit"]
     return {
@@ -209,7 +223,7 @@ def usage_record(
         "PublisherId": "",
         "SubscriptionDescription": fields.get("SubscriptionDescription", "Azure plan"),
         "SubscriptionId": fields["SubscriptionId"],
-        "ChargeStartDate": period_start.strftime("%Y-%m-%dT%H:%M:%S"),
+        "ChargeStartDate": charge_start.strftime("%Y-%m-%dT%H:%M:%S"),
         "ChargeEndDate": (next_month - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S"),
         "UsageDate": fields["UsageDate"],
         "MeterType": meter_type,
@@ -488,9 +502,13 @@ def register(emulator: Emulator) -> None:
                 )
             else:
                 invoice = body["invoiceId"]
-                period_start = _month(now, 1)
-                rows = [r for r in world.usage if r.period == invoice]
                 billed = {i["id"]: i for i in partner_invoices(world, partner)}.get(invoice)
+                period_start = (
+                    datetime.fromisoformat(billed["billingPeriodStartDate"].replace("Z", "+00:00"))
+                    if billed is not None
+                    else _month(now, 1)
+                )
+                rows = [r for r in world.usage if r.period == invoice]
                 if not rows and billed is not None and billed["_usage"]:
                     rows = [
                         r

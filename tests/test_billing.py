@@ -929,6 +929,81 @@ def test_a_billing_month_named_is_read_from_its_invoices(microsoft, store):
     assert by_invoice.imports[0].unchanged == by_invoice.imports[0].lines
 
 
+def _latent(microsoft: Microsoft, period: str, charge_start: str, cost: str) -> Any:
+    """A GBP row of a reseller customer, charged in ``period`` (an export's) but dated in the
+    earlier cycle ``charge_start`` names: latent usage charged late."""
+    from halo_microsoft_emulator.world import UsageRow
+
+    model = microsoft.reseller_rows(period, "GBP")[0]
+    fields = {
+        **model.fields,
+        "ChargeStartDate": charge_start,
+        "UsageDate": f"{charge_start[:8]}28T00:00:00",
+        "MeterCategory": "Latent Meter",
+        "Quantity": "1",
+        "UnitPrice": cost,
+        "BillingPreTaxTotal": cost,
+    }
+    latent = UsageRow(model.customer_tenant, period, fields)
+    with microsoft.emulator.world.lock:
+        microsoft.emulator.world.usage.append(latent)
+    return latent
+
+
+def test_latent_usage_is_billed_in_the_month_that_charges_it(microsoft, store):
+    """Latent usage carries its earlier cycle's ChargeStartDate (daily-rated-usage-recon-files):
+    it is billed with the invoice or estimate that charges it, never in that earlier month,
+    which may be closed or billed already."""
+    on_invoice = _latent(microsoft, "last", "2025-11-01T00:00:00", "12.34")
+    on_estimate = _latent(microsoft, "current", "2025-12-01T00:00:00", "5.67")
+    with store.unit() as connection:
+        assert close_month(connection, "consumption_billing", "2025-11", by="test")
+    microsoft.configure('currencies = ["GBP"]')
+    result = microsoft.run()  # latest, last, current
+    assert result.outcome == "succeeded", result.problems
+    assert {(i.period, i.outcome) for i in result.imports} == {
+        ("2025-12", "imported"),  # the invoices, latent row and all
+        ("2025-12", "already_billed"),  # last: billed already
+        ("2026-01", "imported"),  # the estimate, latent row and all
+    }
+    with store.read() as connection:
+        for month, period in (("2025-12", "last"), ("2026-01", "current")):
+            report = billing_report(connection, "consumption_billing", month, now=NOW)
+            assert report.totals()["GBP"]["cost"] == _total(microsoft.reseller_rows(period, "GBP"))
+    latent_lines = [line for line in lines(store) if "Latent Meter" in line["description"]]
+    found = sorted((line["period"], line["status"], Decimal(line["cost"])) for line in latent_lines)
+    assert found == [
+        ("2025-12", "billed", Decimal(on_invoice.fields["BillingPreTaxTotal"])),
+        ("2026-01", "estimate", Decimal(on_estimate.fields["BillingPreTaxTotal"])),
+    ]
+
+
+def test_an_invoice_partner_center_does_not_list_is_billed_in_its_manifests_month(
+    microsoft, store, monkeypatch
+):
+    from halo_microsoft_emulator.world import UsageRow
+
+    model = microsoft.reseller_rows("last", "GBP")[0]
+    fields = {**model.fields, "ChargeStartDate": "2025-10-01T00:00:00"}
+    with microsoft.emulator.world.lock:
+        microsoft.emulator.world.usage.append(UsageRow(model.customer_tenant, "G999999999", fields))
+    result = microsoft.run("G999999999")
+    assert result.outcome == "succeeded", result.problems
+    assert [(i.period, i.source, i.outcome) for i in result.imports] == [
+        ("2025-12", "G999999999", "imported")  # BillingMonth=202512 in the manifest
+    ]
+    # A manifest naming no month either: nothing is guessed, and the run says how to go on.
+    from halo_consumption_billing.export import Manifest
+
+    monkeypatch.setattr(Manifest, "billing_month", property(lambda self: None))
+    unknown = microsoft.run("G999999999")
+    assert unknown.outcome == "completed_with_errors"
+    [problem] = [p for p in unknown.problems if p.outcome == "failed"]
+    assert "billing month of this export is unknown" in problem.reason
+    assert "billing import YYYY-MM" in problem.reason
+    assert [line["period"] for line in lines(store)] == ["2025-12"]  # as the first run left it
+
+
 def test_the_sas_token_never_reaches_a_log(microsoft, store):
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -1022,7 +1097,7 @@ def test_attribute_names_are_read_whatever_their_case_and_layout():
     for name, data in layouts.items():
         found = list(read_records(io.BytesIO(data), "blob"))
         assert len(found) == 2, name
-        line = usage_line(found[0].values, found[0].where)
+        line = usage_line(found[0].values, found[0].where, "2025-12")
         assert isinstance(line, UsageLine), (name, line)
         assert (line.tenant_id, line.period, line.invoice_id, line.currency) == (
             TENANT_A,
@@ -1039,10 +1114,141 @@ def test_attribute_names_are_read_whatever_their_case_and_layout():
         )
     bad = list(read_records(io.BytesIO(b'{"CustomerId": 1}\nnot json\n[1]\n'), "blob"))
     assert [type(r).__name__ for r in bad] == ["Record", "BadRecord", "BadRecord"]
-    missing = usage_line(bad[0].values, "blob line 1")
+    missing = usage_line(bad[0].values, "blob line 1", "2025-12")
     assert isinstance(missing, RecordError) and "BillingPreTaxTotal" in missing.reason.replace(
         "billingpretaxtotal", "BillingPreTaxTotal"
     )
+
+
+def test_a_row_is_billed_in_its_exports_month_and_keeps_its_charge_start_date():
+    from halo_consumption_billing.export import manifest_of
+    from halo_consumption_billing.usage import usage_line
+
+    latent = {
+        "customerid": TENANT_A,
+        "chargestartdate": "2025-11-01T00:00:00",  # latent usage of the cycle before
+        "usagedate": "2025-11-30T00:00:00",
+        "billingpretaxtotal": "3.50",
+        "billingcurrency": "GBP",
+        "invoicenumber": "G000000001",
+    }
+    line = usage_line(latent, "blob line 1", "2025-12")
+    assert isinstance(line, UsageLine), line
+    assert (line.period, line.usage_date.isoformat()) == ("2025-12", "2025-11-30")
+    assert line.attributes["ChargeStartDate"] == "2025-11-01T00:00:00"
+    # No ChargeStartDate, or one that is not a date, costs the row nothing now.
+    for value in (None, "soon"):
+        other = usage_line({**latent, "chargestartdate": value}, "blob line 2", "2025-12")
+        assert isinstance(other, UsageLine) and other.period == "2025-12", other
+    # The manifest names the export's month as the manifest page's example does.
+    body = {
+        "dataFormat": "compressedJSON",
+        "sasToken": "sig=x",
+        "blobs": [],
+        "rootDirectory": "https://adlsreconbuprodeastus201.blob.core.windows.net/"
+        "billedusagefastpath/v1/PartnerTenantId=0e195b37-4574-4539-bc42-0e539b9684c0/"
+        "BillingMonth=202310/InvoiceId=G031809528/InvoiceVersion=202311/Fragment=basic/"
+        "PartitionType=default",
+    }
+    assert manifest_of(body).billing_month == "2023-10"
+    for root in ("https://blob/x/BillingMonth=202313/y", "https://blob/x/y"):
+        assert manifest_of({**body, "rootDirectory": root}).billing_month is None
+
+
+class Pages:
+    """An HTTP client answering Partner Center collection pages in turn."""
+
+    def __init__(self, *pages: list[dict[str, Any]]) -> None:
+        self.pages = list(pages)
+        self.calls = 0
+
+    def json(self, method: str, url: str, **_: Any) -> dict[str, Any]:
+        items = self.pages[self.calls]
+        self.calls += 1
+        body: dict[str, Any] = {"totalCount": len(items), "items": items}
+        if self.calls < len(self.pages):
+            body["links"] = {
+                "next": {
+                    "uri": f"/invoices?size=2&offset={2 * self.calls}",
+                    "method": "GET",
+                    "headers": [{"key": "MS-ContinuationToken", "value": f"t{self.calls}"}],
+                }
+            }
+        return body
+
+
+def _invoice_item(invoice_id: str, start: Any = "2025-12-01T00:00:00Z", **more: Any) -> dict:
+    return {
+        "id": invoice_id,
+        "invoiceDate": "2026-01-02T00:00:00Z",
+        "billingPeriodStartDate": start,
+        "currencyCode": "GBP",
+        "documentType": "invoice",
+        **more,
+    }
+
+
+def test_an_invoice_listed_on_every_page_is_exported_once():
+    """Partner Center ignores size and offset for modern invoices ("For all modern commercial
+    purchases, pagesize & offset will be ignored"): they may come again on each page."""
+    from halo_consumption_billing.invoices import list_invoices, of_month
+
+    modern = [_invoice_item("G000000001"), _invoice_item("G000000002", currencyCode="EUR")]
+    client = Pages(
+        [*modern, _invoice_item("D0100001", start="2025-11-01T00:00:00Z")],
+        [*modern, _invoice_item("D0100002", start="2025-10-01T00:00:00Z")],
+        [_invoice_item("g000000001", currencyCode="USD"), modern[1]],
+    )
+    found = list_invoices(client, "https://api.partnercenter.microsoft.com", {})
+    assert client.calls == 3
+    assert [i.id for i in found] == ["G000000001", "G000000002", "D0100001", "D0100002"]
+    assert found[0].currency == "GBP"  # the first seen is kept
+    assert [i.id for i in of_month(found, "2025-12")] == ["G000000002", "G000000001"]
+
+
+def test_one_unreadable_invoice_date_keeps_the_other():
+    from halo_consumption_billing.invoices import list_invoices, of_month
+
+    client = Pages(
+        [
+            _invoice_item("G000000001", invoiceDate="2 Jan 2026"),  # the period still tells
+            _invoice_item("G000000002", start="December", invoiceDate="2026-01-02T00:00:00Z"),
+            _invoice_item("G000000003", start="December", invoiceDate="soon"),
+        ]
+    )
+    found = {i.id: i for i in list_invoices(client, "https://pc", {})}
+    assert (found["G000000001"].billing_month, found["G000000001"].invoice_date) == (
+        "2025-12",
+        None,
+    )
+    assert found["G000000002"].billing_month == "2025-12"  # the month before its date
+    assert str(found["G000000002"].invoice_date) == "2026-01-02"
+    assert found["G000000003"].billing_month is None
+    assert [i.id for i in of_month(found.values(), "2025-12")] == ["G000000001", "G000000002"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "problem"),
+    [
+        (
+            'currencies = ["GBP", "EUR", "gbp"]',
+            'modules.consumption_billing: currencies: "GBP" is listed twice (currency codes are '
+            "read whatever their case), so the unbilled usage in that currency would be exported "
+            'twice and billed twice: list each once, currencies = ["GBP", "EUR"]',
+        ),
+        (
+            'connections = ["main", "main"]',
+            'modules.consumption_billing: connections: "main" is listed twice, so that '
+            "connection's usage would be exported twice and billed twice: list each once, "
+            'connections = ["main"]',
+        ),
+    ],
+)
+def test_a_currency_or_connection_listed_twice_is_refused(emulator, write_config, toml, problem):
+    config = billing_config(emulator, write_config, toml)
+    with pytest.raises(ConfigError) as caught:
+        PluginHost.load(config).active_modules()
+    assert problem in caught.value.problems, caught.value.problems
 
 
 def _blob(path: Path, rows: int) -> int:
@@ -1147,7 +1353,7 @@ def test_memory_does_not_grow_with_the_blob(blob_server):
         try:
             count = 0
             for record in exports.records(manifest):
-                aggregator.add(usage_line(record.values, record.where))
+                aggregator.add(usage_line(record.values, record.where, "2025-12"))
                 count += 1
             _, peaks[rows] = tracemalloc.get_traced_memory()
         finally:

@@ -170,6 +170,46 @@ def test_billed_export_of_an_invoice_in_basic_attributes(emulator):
     )
 
 
+def test_latent_usage_keeps_the_dates_of_its_earlier_cycle(emulator):
+    """ChargeStartDate is the start of the billing cycle "except when presenting dates of
+    previously uncharged latent usage data from the previous billing cycle"
+    (partner-center/daily-rated-usage-recon-files.md); the manifest names the month billed."""
+    from halo_microsoft_emulator.world import UsageRow
+
+    emulator.app.state["billing_running_polls"] = 0
+    model = world_rows(emulator, "last", "GBP")[0]
+    fields = {**model.fields, "ChargeStartDate": "2025-11-01T00:00:00", "MeterId": "latent-1"}
+    with emulator.world.lock:
+        emulator.world.usage.append(UsageRow(model.customer_tenant, "last", fields))
+    invoice = emulator.world.invoices[0]  # December's, in pounds
+    operation = export(emulator, "billed", {"invoiceId": invoice}, headers(emulator))
+    manifest = call(
+        emulator, "GET", operation["resourceLocation@odata.navigationLink"], headers(emulator)
+    ).json()
+    assert "/BillingMonth=202512/" in manifest["rootDirectory"]
+    records = download(emulator, manifest)
+    dates = {
+        (r["ChargeStartDate"], r["ChargeEndDate"]) for r in records if r["MeterId"] != "latent-1"
+    }
+    assert dates == {("2025-12-01T00:00:00", "2025-12-31T00:00:00")}
+    [latent] = [r for r in records if r["MeterId"] == "latent-1"]
+    assert (latent["ChargeStartDate"], latent["ChargeEndDate"]) == (
+        "2025-11-01T00:00:00",
+        "2025-11-30T00:00:00",
+    )
+    assert latent["InvoiceNumber"] == invoice
+    # The older invoice's export is of its own billing month.
+    with emulator.world.lock:
+        emulator.world.usage.append(
+            UsageRow(model.customer_tenant, emulator.world.invoices[1], fields)
+        )
+    older = export(emulator, "billed", {"invoiceId": emulator.world.invoices[1]}, headers(emulator))
+    manifest = call(
+        emulator, "GET", older["resourceLocation@odata.navigationLink"], headers(emulator)
+    ).json()
+    assert "/BillingMonth=202511/" in manifest["rootDirectory"]
+
+
 def test_no_data_fails_the_operation(emulator):
     emulator.app.state["billing_running_polls"] = 0
     for kind, body in (

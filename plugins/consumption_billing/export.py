@@ -12,6 +12,9 @@ available``, code ``5000``, when there is no usage); while ``running``, wait as 
 
 The manifest page gives ``dataFormat`` as ``compressedJSONLines``, its example as
 ``compressedJSON``: both are read, and so is a blob that turns out to hold one JSON array.
+The manifest page's example names the billing month in its ``rootDirectory``
+(``.../BillingMonth=202310/InvoiceId=G031809528/...``); `Manifest.billing_month` is that month,
+or ``None`` when the directory does not say.
 
 A blob is downloaded to a temporary file (resumed with a ``Range`` request if the connection
 drops) and read from there a line at a time: neither the blob nor its rows are ever whole
@@ -24,6 +27,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
@@ -42,6 +46,7 @@ NO_DATA_CODE = "5000"
 CHUNK = 64 * 1024
 #: Times a blob download is resumed after its connection drops.
 RESUMES = 5
+_BILLING_MONTH = re.compile(r"/BillingMonth=(\d{4})(0[1-9]|1[0-2])(?=/|$)", re.IGNORECASE)
 
 
 class ExportError(Exception):
@@ -63,6 +68,12 @@ class Manifest:
     sas_token: str = attrs.field(repr=False)
     blobs: tuple[str, ...]
     etag: str | None = None
+
+    @property
+    def billing_month(self) -> str | None:
+        """The billing month (``YYYY-MM``) the export's directory names, if it names one."""
+        match = _BILLING_MONTH.search(self.root_directory.split("?", 1)[0])
+        return f"{match.group(1)}-{match.group(2)}" if match else None
 
     def blob_url(self, name: str) -> str:
         return f"{self.root_directory.rstrip('/')}/{quote(name, safe='/=')}?{self.sas_token.lstrip('?')}"

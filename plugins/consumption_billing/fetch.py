@@ -14,6 +14,11 @@ Center credentials. What a period means:
   its invoice is not out yet.
 * anything else: an invoice ID.
 
+Every row of an export is billed in the export's month: the invoice's billing month (from
+the partner's invoice list), or the unbilled period's (as the export's manifest names it,
+else as this machine's clock has it). Never the row's ``ChargeStartDate``, which names an
+earlier month for latent usage charged late (see `usage`).
+
 An export Microsoft has no data for ("No data available") is a `Notice`, not a failure. An
 export that cannot be had (refused, failed, still running at the time limit) is a
 `RecordError` and the others go on, as long as none of its rows were yielded; a failure
@@ -179,7 +184,8 @@ class PartnerUsage:
     def usage(self, period: str) -> Iterator[Any]:
         this_month = month_of(datetime.now(UTC))
         if period in ("current", "last"):
-            yield from self.unbilled(period)
+            month = this_month if period == "current" else previous_month(this_month)
+            yield from self.unbilled(period, month)
         elif period == "latest":
             chosen = latest(self.invoices())
             if not chosen:
@@ -189,25 +195,28 @@ class PartnerUsage:
                     "billing Azure usage yet",
                 )
             for invoice in chosen:
-                yield from self.billed(invoice.id)
+                yield from self.billed(invoice.id, invoice.billing_month)
         elif MONTH.match(period):
             invoices = of_month(self.invoices(), period)
             if invoices:
                 for invoice in invoices:
-                    yield from self.billed(invoice.id)
+                    yield from self.billed(invoice.id, period)
             elif period == previous_month(this_month):
-                yield from self.unbilled("last")  # its invoice is not out yet
+                yield from self.unbilled("last", period)  # its invoice is not out yet
             elif period == this_month:
-                yield from self.unbilled("current")
+                yield from self.unbilled("current", period)
             else:
                 yield Notice(
                     code=NO_DATA,
                     message=f"connection {self.connection.name}: no invoice bills {period}",
                 )
         else:
-            yield from self.billed(period)
+            yield from self.billed(period, self.invoice_month(period))
 
-    def unbilled(self, period: str) -> Iterator[Any]:
+    def unbilled(self, period: str, month: str) -> Iterator[Any]:
+        """The unbilled usage of ``period`` (current or last), which this machine's clock
+        says is ``month``; the export's manifest, when it names its month, has the last word
+        (Microsoft's billing cycle, not our clock, says which month it is)."""
         wanted = list(self.settings.currencies)
         if not wanted:
             wanted = yield from self.billing_currencies()
@@ -229,9 +238,11 @@ class PartnerUsage:
                 self.failures += 1
                 yield RecordError(entity_id=label, reason=str(exc))
         for label, operation in started:
-            yield from self.read(label, operation)
+            yield from self.read(label, operation, fallback_month=month)
 
-    def billed(self, invoice_id: str) -> Iterator[Any]:
+    def billed(self, invoice_id: str, month: str | None) -> Iterator[Any]:
+        """The usage billed on ``invoice_id``, all of it in the invoice's billing ``month``
+        (``None`` when Partner Center does not list the invoice: the export's manifest says)."""
         label = f"usage billed on invoice {invoice_id}"
         try:
             operation = self._start(
@@ -241,11 +252,20 @@ class PartnerUsage:
             self.failures += 1
             yield RecordError(entity_id=label, reason=str(exc))
             return
-        yield from self.read(label, operation)
+        yield from self.read(label, operation, month=month)
 
     # -- one export ------------------------------------------------------------------------
 
-    def read(self, label: str, operation: str) -> Iterator[Any]:
+    def read(
+        self,
+        label: str,
+        operation: str,
+        *,
+        month: str | None = None,
+        fallback_month: str | None = None,
+    ) -> Iterator[Any]:
+        """The rows of one export, each in one billing month: ``month`` if known, else the
+        month the manifest names, else ``fallback_month``."""
         try:
             outcome = self.exports.wait(operation)
             if isinstance(outcome, NoData):
@@ -260,9 +280,22 @@ class PartnerUsage:
             self.failures += 1
             yield RecordError(entity_id=label, reason=str(exc))
             return
+        period = month or manifest.billing_month or fallback_month
+        if period is None:
+            self.failures += 1
+            yield RecordError(
+                entity_id=label,
+                reason="the billing month of this export is unknown: the partner's invoice list "
+                "(Partner Center) gives no billing period for the invoice, or does not list it, "
+                "and the export's manifest names no month, so its usage is not imported. Fix: "
+                "check the invoice ID, or import by month (`billing import YYYY-MM` or "
+                "`latest`), which goes by the partner's listed invoices",
+            )
+            return
         log.info(
             "billing.export_ready",
             export=label,
+            period=period,
             blobs=len(manifest.blobs),
             data_format=manifest.data_format,
         )
@@ -270,7 +303,7 @@ class PartnerUsage:
             if isinstance(record, BadRecord):
                 yield RecordError(entity_id=f"{label}: {record.where}", reason=record.reason)
                 continue
-            line = usage_line(record.values, f"{label}: {record.where}")
+            line = usage_line(record.values, f"{label}: {record.where}", period)
             if not isinstance(line, RecordError):
                 self.rows += 1
             yield line
@@ -307,6 +340,15 @@ class PartnerUsage:
                     app=self.clients.partner_center.app_name,
                 ) from None
         return self._invoices
+
+    def invoice_month(self, invoice_id: str) -> str | None:
+        """The billing month of the partner's invoice ``invoice_id``, if Partner Center
+        lists it with one."""
+        wanted = invoice_id.strip().upper()
+        for invoice in self.invoices():
+            if invoice.id.upper() == wanted:
+                return invoice.billing_month
+        return None
 
     def billing_currencies(self) -> Iterator[Any]:
         """The currencies to export unbilled usage in (a generator: it may say it guessed)."""

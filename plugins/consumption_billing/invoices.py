@@ -7,13 +7,19 @@ and ``developer/invoice-resources.md``: each invoice has an ``id``, an ``invoice
 (invoice, credit note, void note). Azure plan usage is billed on the modern commerce
 invoices, whose IDs start with ``G``; when the partner has any, the others (legacy
 licence-based invoices) are left out. An invoice's billing month is that of its billing
-period's start, or, when the listing gives none, the month before the invoice's date.
+period's start, or, when the listing gives none (or one that cannot be read), the month
+before the invoice's date.
+
+The page says paging (``size``, ``offset``) applies to legacy invoices only: "For all modern
+commercial purchases, pagesize & offset will be ignored", so the modern invoices may come
+again on every page. The list is keyed by invoice ID, the first seen kept, so that no invoice
+is exported twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -38,24 +44,23 @@ class Invoice:
 def list_invoices(
     http: HttpClient, partner_center: str, headers: Mapping[str, str]
 ) -> list[Invoice]:
-    """Every invoice of the partner (a few per month: small)."""
-    found = []
+    """Every invoice of the partner, once each, in the order first listed (a few per month:
+    small)."""
+    found: dict[str, Invoice] = {}
     for page in partner_center_pages(http, partner_center, "/v1/invoices", headers=headers):
         for item in page.items:
             invoice = _invoice(item)
             if invoice is not None:
-                found.append(invoice)
-    return found
+                found.setdefault(invoice.id.upper(), invoice)
+    return list(found.values())
 
 
 def _invoice(item: Any) -> Invoice | None:
     if not isinstance(item, Mapping) or not item.get("id"):
         return None
-    try:
-        issued = parse_timestamp(item.get("invoiceDate"))
-        start = parse_timestamp(item.get("billingPeriodStartDate"))
-    except ValueError:
-        issued = start = None
+    # Each date on its own: an unreadable invoiceDate must not cost the billing period.
+    issued = _timestamp(item.get("invoiceDate"))
+    start = _timestamp(item.get("billingPeriodStartDate"))
     if start is not None:
         month = f"{start.year:04d}-{start.month:02d}"
     elif issued is not None:
@@ -71,6 +76,13 @@ def _invoice(item: Any) -> Invoice | None:
         currency=str(currency).upper() if currency else None,
         document_type=str(item.get("documentType") or "invoice"),
     )
+
+
+def _timestamp(value: Any) -> datetime | None:
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
 
 
 def usage_invoices(invoices: Iterable[Invoice]) -> list[Invoice]:

@@ -10,6 +10,7 @@ GDAP app and its secret) is the CSP module's: this module uses it, it does not r
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import attrs
 
@@ -46,6 +47,39 @@ class ConsumptionBillingSettings(BillingSettings):
             raise ValueProblem("export_timeout_minutes: expected a whole number of minutes ≥ 1")
         if self.poll_seconds < 1:
             raise ValueProblem("poll_seconds: expected a whole number of seconds ≥ 1")
+        # One listed twice is read twice, and every cost in it billed twice.
+        _no_repeats("connections", self.connections, "that connection's usage")
+        _no_repeats(
+            "currencies",
+            self.currencies,
+            "the unbilled usage in that currency",
+            note=" (currency codes are read whatever their case)",
+            same=str.upper,
+        )
+
+
+def _no_repeats(
+    key: str,
+    values: tuple[str, ...],
+    what: str,
+    *,
+    note: str = "",
+    same: Callable[[str], str] = str,
+) -> None:
+    """Refuse a list that names one thing twice, as ``same`` compares them (currency codes
+    whatever their case; connection names as written, as they are matched)."""
+    first: dict[str, str] = {}
+    repeated = []
+    for value in values:
+        if same(value) in first:
+            repeated.append(value)
+        first.setdefault(same(value), value)
+    if repeated:
+        once = ", ".join(f'"{v}"' for v in first.values())
+        raise ValueProblem(
+            f'{key}: "{repeated[0]}" is listed twice{note}, so {what} would be exported twice '
+            f"and billed twice: list each once, {key} = [{once}]"
+        )
 
 
 __all__ = ["AttributeSet", "ConsumptionBillingSettings"]

@@ -8,6 +8,13 @@ group, the tags and ``Unit`` (it has ``UnitType``); what is missing is left empt
 guessed. ``Tags`` may be a JSON object or a string holding one (the Recon sample's model
 declares it a string). The cost is ``BillingPreTaxTotal``, in ``BillingCurrency``: what the
 partner is billed, before tax.
+
+A row's billing month is not its own: it is the month of the export it came from (the
+invoice's billing month, or the unbilled period's), which the caller passes in.
+``ChargeStartDate`` is the start of the billing cycle *except* for latent usage of an
+earlier cycle charged late (``partner-center/daily-rated-usage-recon-files.md``): taken as
+the month, it would put December's latent rows in November, a month that may be closed or
+billed already. It is kept as an attribute of the line.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ class _Bad(ValueError):
     pass
 
 
-def usage_line(values: Mapping[str, Any], where: str) -> UsageLine | RecordError:
-    """The record's `UsageLine`, or a `RecordError` naming where it is and what is wrong."""
+def usage_line(values: Mapping[str, Any], where: str, period: str) -> UsageLine | RecordError:
+    """The record's `UsageLine` in billing month ``period`` (``YYYY-MM``, the month of the
+    export it came from), or a `RecordError` naming where it is and what is wrong."""
     try:
         tenant = _text(values, "customerid")
         if tenant is None:
@@ -38,9 +46,6 @@ def usage_line(values: Mapping[str, Any], where: str) -> UsageLine | RecordError
         currency = _text(values, "billingcurrency")
         if currency is None:
             raise _Bad("BillingCurrency is missing")
-        start = _date(values, "chargestartdate") or _date(values, "usagedate")
-        if start is None:
-            raise _Bad("neither ChargeStartDate nor UsageDate gives the billing month")
         resource_group = _text(values, "resourcegroup")
         if resource_group is None:
             match = _RESOURCE_GROUP.search(_text(values, "resourceuri") or "")
@@ -48,7 +53,7 @@ def usage_line(values: Mapping[str, Any], where: str) -> UsageLine | RecordError
         return UsageLine(
             tenant_id=tenant.lower(),
             customer_name=_text(values, "customername"),
-            period=f"{start.year:04d}-{start.month:02d}",
+            period=period,
             invoice_id=_text(values, "invoicenumber"),
             usage_date=_date(values, "usagedate"),
             subscription_id=_text(values, "subscriptionid"),
@@ -68,6 +73,7 @@ def usage_line(values: Mapping[str, Any], where: str) -> UsageLine | RecordError
                     ("MeterId", _text(values, "meterid")),
                     ("ChargeType", _text(values, "chargetype")),
                     ("ProductName", _text(values, "productname")),
+                    ("ChargeStartDate", _text(values, "chargestartdate")),
                 )
                 if value
             },
