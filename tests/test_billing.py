@@ -1134,6 +1134,11 @@ def test_a_row_is_billed_in_its_exports_month_and_keeps_its_charge_start_date():
     }
     line = usage_line(latent, "blob line 1", "2025-12")
     assert isinstance(line, UsageLine), line
+    assert line.invoice_id == "G000000001"
+    # A billed export's row with no InvoiceNumber is its invoice's, not an estimate.
+    bare = usage_line({**latent, "invoicenumber": ""}, "blob line 3", "2025-12", "G000000002")
+    assert isinstance(bare, UsageLine) and bare.invoice_id == "G000000002"
+    assert usage_line({**latent, "invoicenumber": None}, "x", "2025-12").invoice_id is None
     assert (line.period, line.usage_date.isoformat()) == ("2025-12", "2025-11-30")
     assert line.attributes["ChargeStartDate"] == "2025-11-01T00:00:00"
     # No ChargeStartDate, or one that is not a date, costs the row nothing now.

@@ -252,7 +252,7 @@ class PartnerUsage:
             self.failures += 1
             yield RecordError(entity_id=label, reason=str(exc))
             return
-        yield from self.read(label, operation, month=month)
+        yield from self.read(label, operation, month=month, invoice_id=invoice_id)
 
     # -- one export ------------------------------------------------------------------------
 
@@ -263,9 +263,11 @@ class PartnerUsage:
         *,
         month: str | None = None,
         fallback_month: str | None = None,
+        invoice_id: str | None = None,
     ) -> Iterator[Any]:
         """The rows of one export, each in one billing month: ``month`` if known, else the
-        month the manifest names, else ``fallback_month``."""
+        month the manifest names, else ``fallback_month``; and, for a billed export, each
+        on its ``invoice_id`` (`usage_line`)."""
         try:
             outcome = self.exports.wait(operation)
             if isinstance(outcome, NoData):
@@ -303,7 +305,7 @@ class PartnerUsage:
             if isinstance(record, BadRecord):
                 yield RecordError(entity_id=f"{label}: {record.where}", reason=record.reason)
                 continue
-            line = usage_line(record.values, f"{label}: {record.where}", period)
+            line = usage_line(record.values, f"{label}: {record.where}", period, invoice_id)
             if not isinstance(line, RecordError):
                 self.rows += 1
             yield line

@@ -35,9 +35,14 @@ class _Bad(ValueError):
     pass
 
 
-def usage_line(values: Mapping[str, Any], where: str, period: str) -> UsageLine | RecordError:
+def usage_line(
+    values: Mapping[str, Any], where: str, period: str, invoice_id: str | None = None
+) -> UsageLine | RecordError:
     """The record's `UsageLine` in billing month ``period`` (``YYYY-MM``, the month of the
-    export it came from), or a `RecordError` naming where it is and what is wrong."""
+    export it came from), or a `RecordError` naming where it is and what is wrong.
+    ``invoice_id``: the invoice a billed export was asked for, whose usage every row of it
+    is, so a row that leaves ``InvoiceNumber`` empty is billed on it rather than taken for
+    an estimate of unbilled usage."""
     try:
         tenant = _text(values, "customerid")
         if tenant is None:
@@ -54,7 +59,7 @@ def usage_line(values: Mapping[str, Any], where: str, period: str) -> UsageLine 
             tenant_id=tenant.lower(),
             customer_name=_text(values, "customername"),
             period=period,
-            invoice_id=_text(values, "invoicenumber"),
+            invoice_id=_text(values, "invoicenumber") or invoice_id,
             usage_date=_date(values, "usagedate"),
             subscription_id=_text(values, "subscriptionid"),
             subscription_description=_text(values, "subscriptiondescription")
