@@ -9,10 +9,25 @@ Page followed: Partner Center developer/get-a-price-sheet.md (``kvamseek/partner
 85eb3c40). Rows: one for each SKU of `world.SKU_CATALOG` (the products of the generated
 subscriptions) and each (term, billing plan) it is sold on — P1M billed monthly, P1Y billed
 monthly, P1Y billed annually (P1M is never billed annually), and for Microsoft 365 E3 and
-Business Premium also P3Y billed annually and triennially — in GBP for GB and USD for US,
-plus a tiered product whose price depends on the seat count (``PricingTierRangeMin``/``Max``
-filled in). A one-year term billed monthly costs 5% more a month than one billed annually
-(Microsoft's rule since April 2025); a one-month term 20% more.
+Business Premium also P3Y billed annually and triennially — in USD for US and, for GB, in
+the six European currencies (CHF, DKK, EUR, GBP, NOK, SEK), plus a tiered product whose
+price depends on the seat count (``PricingTierRangeMin``/``Max`` filled in). A one-year term
+billed monthly costs 5% more a month than one billed annually (Microsoft's rule since April
+2025); a one-month term 20% more.
+
+Page followed for what the rows mean: partner-center/pricing-and-offers.md (the English copy
+in the MicrosoftDocs/partner-center-pr.* repositories), *New commerce license-based pricing*:
+
+* "The UnitPrice amount is for the term being purchased. If a partner purchases an annual
+  term with monthly pricing, they'll be billed one-twelfth the total amount each monthly
+  billing period": every ``UnitPrice`` (and ``ERP Price``) here is the price of the whole
+  ``TermDuration`` — a P1Y row billed monthly states twelve months, a P3Y row billed
+  annually thirty-six — never the charge of one billing period.
+* "For European countries/regions (and ONLY for European countries/regions), these
+  market-based price list files include pricing in all six supported European currencies
+  (SEK, NOK, CHF, DKK, GBP, EUR)": the GB list has a row in each of them for every product,
+  SKU, term and plan, the currencies of one price side by side in alphabetical order (so
+  GBP is not the first a reader meets).
 
 Also here, because price sheets are what needs it: Partner Center's
 ``GET /partnercenter/v1/relationships?relationship_type=IsIndirectResellerOf|
@@ -27,6 +42,8 @@ Choices where the docs are silent:
   page shows; ``emulator.state["pricesheet_straight_quote"] = True`` writes ``"ERP Price"``),
   dates as ``M/D/YYYY h:mm:ss AM``, prices as plain decimals (``115.2``, ``144``).
   UnitPrice is ERP less 20%, the ratio of the page's sample row.
+* The price points of CHF, DKK, EUR, NOK and SEK are the GBP ones at the fixed rates of
+  `EUROPEAN_RATES` (Microsoft sets each currency's own price point; the page gives none).
 * Each list is one month's (``current``: the month of the world's clock; ``future``: the
   next; ``history``: the month asked), its rows dated from the month's first to its last
   second, priced with the `World.price_changes` in force at the month's start (a generated
@@ -93,9 +110,18 @@ VIEWS = (
     "marketplace",
     "software",
 )
-MARKETS = {"GB": "GBP", "US": "USD"}
+#: The currencies of each market's list, in the order a price's rows are written.
+MARKETS = {"GB": ("CHF", "DKK", "EUR", "GBP", "NOK", "SEK"), "US": ("USD",)}
+#: A European currency's price point: the GBP one times this, to the cent.
+EUROPEAN_RATES = {
+    "CHF": Decimal("1.10"),
+    "DKK": Decimal("8.70"),
+    "EUR": Decimal("1.17"),
+    "NOK": Decimal("13.60"),
+    "SEK": Decimal("13.40"),
+}
 PARTNER_RATIO = Decimal("0.8")  # 115.2 / 144 in the page's sample row
-#: Estimated retail price a user a month, on a one-year term billed monthly.
+#: Estimated retail price a user a month, on a one-year term billed annually.
 MONTHLY_ERP = {
     "SPE_E3": {"GBP": Decimal("33.10"), "USD": Decimal("36.00")},
     "SPB": {"GBP": Decimal("18.10"), "USD": Decimal("22.00")},
@@ -124,18 +150,20 @@ TIERED = {
         (501, None, {"GBP": Decimal("25.60"), "USD": Decimal("32.00")}),
     ),
 }
-#: (term, billing plan, multiplier of the monthly ERP of a one-year term billed annually):
-#: P1M costs 20% more a month, P1Y billed monthly 5% more.
+#: (term, billing plan, the price of the whole term in monthly ERPs of a one-year term
+#: billed annually): P1M costs 20% more a month, P1Y billed monthly 5% more (12 × 1.05).
 PLANS = (
     ("P1M", "Monthly", Decimal("1.2")),
-    ("P1Y", "Monthly", Decimal("1.05")),
+    ("P1Y", "Monthly", Decimal("12.6")),
     ("P1Y", "Annual", Decimal("12")),
 )
-#: The three-year terms of the products sold on them.
+#: The three-year terms of the products sold on them: 36 months, however they are billed.
 THREE_YEAR_PLANS = (
-    ("P3Y", "Annual", Decimal("12")),
+    ("P3Y", "Annual", Decimal("36")),
     ("P3Y", "Triennial", Decimal("36")),
 )
+#: The monthly ERP of a product with no entry in `MONTHLY_ERP`, in every currency.
+DEFAULT_MONTHLY_ERP = Decimal("10")
 THREE_YEAR_PRODUCTS = {"SPE_E3", "SPB"}
 #: The indirect provider an indirect reseller buys from.
 DISTRIBUTOR = {"name": "Emulated Distributor", "mpnId": "4847383", "location": "GB"}
@@ -167,45 +195,56 @@ def _month_bounds(first: datetime) -> tuple[datetime, datetime]:
     return first, following - timedelta(seconds=1)
 
 
+def monthly_erp(prices: dict[str, Decimal], currency: str) -> Decimal:
+    """A monthly ERP in ``currency``: its own price point, else the GBP one at the
+    `EUROPEAN_RATES`, else `DEFAULT_MONTHLY_ERP`."""
+    if currency in prices:
+        return prices[currency]
+    if "GBP" in prices and currency in EUROPEAN_RATES:
+        return (prices["GBP"] * EUROPEAN_RATES[currency]).quantize(Decimal("0.01"))
+    return DEFAULT_MONTHLY_ERP
+
+
 def price_rows(
     market: str,
     start: datetime,
     end: datetime,
     factor: Callable[[str], Decimal] | None = None,
 ) -> list[list[str]]:
-    """The sheet's rows for ``market`` in force from ``start`` to ``end``; ``factor`` gives
-    the change of a ``"ProductId:SkuId"``'s price (none by default)."""
-    currency = MARKETS[market]
+    """The sheet's rows for ``market`` in force from ``start`` to ``end``, each price in
+    every currency of the market; ``factor`` gives the change of a ``"ProductId:SkuId"``'s
+    price (none by default)."""
     rows: list[list[str]] = []
 
-    def add(title, product, sku, description, term, plan, erp, low="", high="") -> None:
+    def add(title, product, sku, description, term, plan, monthly, times, low="", high="") -> None:
+        """The rows of one price: ``monthly`` ERPs by currency, ``times`` of them the term's."""
         change = factor(f"{product}:{sku}") if factor else Decimal(1)
-        erp = (erp * change).quantize(Decimal("0.01"))
-        rows.append(
-            [
-                title,
-                product,
-                sku,
-                title,
-                "Microsoft Corporation",
-                description,
-                "",
-                term,
-                plan,
-                market,
-                currency,
-                price_text(erp * PARTNER_RATIO),
-                low,
-                high,
-                sheet_date(start),
-                sheet_date(end),
-                "License",
-                price_text(erp),
-            ]
-        )
+        for currency in MARKETS[market]:
+            erp = (monthly_erp(monthly, currency) * times * change).quantize(Decimal("0.01"))
+            rows.append(
+                [
+                    title,
+                    product,
+                    sku,
+                    title,
+                    "Microsoft Corporation",
+                    description,
+                    "",
+                    term,
+                    plan,
+                    market,
+                    currency,
+                    price_text(erp * PARTNER_RATIO),
+                    low,
+                    high,
+                    sheet_date(start),
+                    sheet_date(end),
+                    "License",
+                    price_text(erp),
+                ]
+            )
 
     for _sku_id, part, name, product, catalog_sku in SKU_CATALOG:
-        monthly = MONTHLY_ERP.get(part, {}).get(currency, Decimal("10"))
         plans = PLANS + (THREE_YEAR_PLANS if part in THREE_YEAR_PRODUCTS else ())
         for term, plan, times in plans:
             add(
@@ -215,7 +254,8 @@ def price_rows(
                 DESCRIPTIONS.get(part, name),
                 term,
                 plan,
-                monthly * times,
+                MONTHLY_ERP.get(part, {}),
+                times,
             )
     for low, high, prices in TIERED["tiers"]:
         for term, plan, times in PLANS:
@@ -226,7 +266,8 @@ def price_rows(
                 TIERED["description"],
                 term,
                 plan,
-                prices[currency] * times,
+                prices,
+                times,
                 str(low),
                 "" if high is None else str(high),
             )

@@ -70,9 +70,12 @@ def test_price_sheet_csv_as_documented(emulator):
     tiered = [r for r in rows if r[12]]
     plain = [r for r in rows if not r[12]]
     three_year = [part for _, part, *_ in SKU_CATALOG if part in pricing.THREE_YEAR_PRODUCTS]
-    assert len(plain) == len(SKU_CATALOG) * 3 + len(three_year) * 2 and len(tiered) == 9
-    keys = {(r[1], r[2], r[7], r[8]) for r in plain}
-    assert len(keys) == len(plain)  # one row per product, SKU, term and billing plan
+    currencies = pricing.MARKETS["GB"]
+    assert len(currencies) == 6
+    assert len(plain) == (len(SKU_CATALOG) * 3 + len(three_year) * 2) * 6
+    assert len(tiered) == 9 * 6
+    keys = {(r[1], r[2], r[7], r[8], r[10]) for r in plain}
+    assert len(keys) == len(plain)  # one row per product, SKU, term, billing plan and currency
     assert {(r[7], r[8]) for r in plain} == {
         ("P1M", "Monthly"),
         ("P1Y", "Monthly"),
@@ -84,26 +87,57 @@ def test_price_sheet_csv_as_documented(emulator):
         (product, sku) for _, _, _, product, sku in SKU_CATALOG
     }
     for row in rows:
-        assert len(row) == 18 and row[9] == "GB" and row[10] == "GBP" and row[16] == "License"
+        assert len(row) == 18 and row[9] == "GB" and row[16] == "License"
+        assert row[10] in currencies
         assert DATE.match(row[14]) and DATE.match(row[15]), row
         assert PRICE.match(row[11]) and PRICE.match(row[17]), row
         assert Decimal(row[11]) == Decimal(row[17]) * Decimal("0.8")
-    annual = {r[1]: Decimal(r[17]) for r in plain if r[7] == "P1Y" and r[8] == "Annual"}
-    monthly = {r[1]: Decimal(r[17]) for r in plain if r[7] == "P1Y" and r[8] == "Monthly"}
-    # A one-year term billed monthly costs 5% more a month than one billed annually.
-    assert all(
-        monthly[p] == (annual[p] / 12 * Decimal("1.05")).quantize(Decimal("0.01")) for p in annual
-    )
-    assert annual["CFQ7TTC0LSGZ"] == 0 and monthly["CFQ7TTC0LSGZ"] == 0  # a free product
-    assert sorted((int(r[12]), r[13]) for r in tiered if r[8] == "Annual") == [
-        (1, "50"),
-        (51, "500"),
-        (501, ""),
-    ]
     assert plain[0][14] == "1/1/2026 12:00:00 AM" and plain[0][15] == "1/31/2026 11:59:59 PM"
 
     us = parse(sheet(emulator, market="us").content.decode("utf-8"))[1]
     assert {(r[9], r[10]) for r in us} == {("US", "USD")}
+
+
+def test_a_european_sheet_prices_each_row_in_the_six_european_currencies(emulator):
+    """pricing-and-offers.md: European market lists "include pricing in all six supported
+    European currencies (SEK, NOK, CHF, DKK, GBP, EUR)"."""
+    _, rows = parse(sheet(emulator).content.decode("utf-8"))
+    by_price: dict[tuple, list[str]] = {}
+    for row in rows:
+        by_price.setdefault((row[1], row[2], row[7], row[8], row[12]), []).append(row[10])
+    assert all(
+        sorted(found) == ["CHF", "DKK", "EUR", "GBP", "NOK", "SEK"] for found in by_price.values()
+    )
+    # GBP is not the first row of a price: a reader that takes the first row it meets
+    # prices a GB partner in another currency.
+    assert all(found[0] != "GBP" for found in by_price.values())
+    gbp = {k: Decimal(r[17]) for r in rows if r[10] == "GBP" for k in [(r[1], r[7], r[8], r[12])]}
+    eur = {k: Decimal(r[17]) for r in rows if r[10] == "EUR" for k in [(r[1], r[7], r[8], r[12])]}
+    assert gbp.keys() == eur.keys() and any(eur[k] != gbp[k] for k in gbp)
+
+
+def test_unit_prices_are_the_price_of_the_whole_term(emulator):
+    """pricing-and-offers.md: "The UnitPrice amount is for the term being purchased. If a
+    partner purchases an annual term with monthly pricing, they'll be billed one-twelfth the
+    total amount each monthly billing period." """
+    for market in ("GB", "US"):
+        _, rows = parse(sheet(emulator, market=market).content.decode("utf-8"))
+        erp = {(r[1], r[10], r[12], r[7], r[8]): Decimal(r[17]) for r in rows}
+        unit = {(r[1], r[10], r[12], r[7], r[8]): Decimal(r[11]) for r in rows}
+        prices = {key[:3] for key in erp}
+        assert prices
+        for price in prices:
+            one_year = erp[(*price, "P1Y", "Annual")]
+            # Billed monthly, a one-year term costs 5% more: twelve months of it, not one.
+            assert erp[(*price, "P1Y", "Monthly")] == (one_year * Decimal("1.05")).quantize(
+                Decimal("0.01")
+            )
+            if (*price, "P3Y", "Annual") in erp:
+                # Three years, whether billed once a year or once for the term.
+                assert erp[(*price, "P3Y", "Annual")] == one_year * 3
+                assert unit[(*price, "P3Y", "Annual")] == unit[(*price, "P3Y", "Triennial")]
+        assert any(key[3] == "P3Y" for key in erp)
+        assert unit[("CFQ7TTC0LSGZ", pricing.MARKETS[market][0], "", "P1Y", "Annual")] == 0
 
 
 def test_deflate_answers_a_zip(emulator):
@@ -135,8 +169,8 @@ def test_timelines(emulator):
     _, rows = parse(future.content.decode("utf-8"))
     _, now = parse(sheet(emulator).content.decode("utf-8"))
     assert rows[0][14] == "2/1/2026 12:00:00 AM"
-    e3_now = {(r[7], r[8]): Decimal(r[17]) for r in now if r[1] == "CFQ7TTC0LFLZ"}
-    e3_future = {(r[7], r[8]): Decimal(r[17]) for r in rows if r[1] == "CFQ7TTC0LFLZ"}
+    e3_now = {(r[7], r[8], r[10]): Decimal(r[17]) for r in now if r[1] == "CFQ7TTC0LFLZ"}
+    e3_future = {(r[7], r[8], r[10]): Decimal(r[17]) for r in rows if r[1] == "CFQ7TTC0LFLZ"}
     # 10% up (each price rounded to the penny from the unrounded list price)
     assert all(abs(e3_future[k] - e3_now[k] * Decimal("1.1")) <= Decimal("0.01") for k in e3_now)
     assert [r for r in rows if r[1] != "CFQ7TTC0LFLZ"] == [
@@ -159,7 +193,9 @@ def test_timelines(emulator):
     assert february[0][14] == "2/1/2026 12:00:00 AM"
     assert sheet(emulator, query="?timeline=future").status_code == 404
     january = parse(sheet(emulator, query="?timeline=history&month=202601").content.decode())[1]
-    assert {(r[7], r[8]): Decimal(r[17]) for r in january if r[1] == "CFQ7TTC0LFLZ"} == e3_now
+    assert {
+        (r[7], r[8], r[10]): Decimal(r[17]) for r in january if r[1] == "CFQ7TTC0LFLZ"
+    } == e3_now
     assert sheet(emulator, query="?timeline=history&month=209901").status_code == 400
     assert sheet(emulator, query="?timeline=someday").status_code == 400
 

@@ -82,6 +82,7 @@ def test_the_documented_sample_reads_as_one_price_its_curly_quote_and_all():
             "skuTitle": "Advanced Communications",
             "unitOfMeasure": None,
             "tags": "License",
+            "termPrice": "115.2",
             "erpPrice": "144",
         },
     )
@@ -143,6 +144,82 @@ def test_a_bad_row_is_a_record_error_naming_its_line_and_the_rest_goes_on():
     assert "line 6: 2 fields where the header has 18" in rows[3].reason
 
 
+def _row(term: str, plan: str, price: str, *, product: str = "CFQ7TTC0HDK0") -> str:
+    _, row = SAMPLE["response"]["lines"]
+    values = next(csv.reader([row]))
+    values[1], values[7], values[8], values[11] = product, term, plan, price
+    return ",".join(f'"{value}"' for value in values)
+
+
+def test_a_unit_price_is_the_terms_and_is_divided_into_its_billing_periods():
+    """pricing-and-offers.md: "The UnitPrice amount is for the term being purchased. If a
+    partner purchases an annual term with monthly pricing, they'll be billed one-twelfth the
+    total amount each monthly billing period." A row's price is a billing period's."""
+    header, _ = SAMPLE["response"]["lines"]
+    terms = [
+        ("P1M", "Monthly", "24", Decimal("24")),
+        ("P1Y", "Monthly", "240", Decimal("20")),  # a twelfth a month, not 240 a month
+        ("P1Y", "Annual", "240", Decimal("240")),
+        ("P3Y", "Monthly", "720", Decimal("20")),
+        ("P3Y", "Annual", "720", Decimal("240")),  # a third a year, not 720 a year
+        ("P3Y", "Triennial", "720", Decimal("720")),
+        ("P1Y", "monthly", "115.2", Decimal("9.6")),  # exact: no rounding, no float
+        ("P1Y", "Monthly", "100", Decimal("8.333333")),  # to the six places the store keeps
+        ("P1M", "None", "0", Decimal("0")),  # a trial: no billing plan, no charge
+    ]
+    rows = list(read_sheet(_csv(header, *(_row(t, p, u) for t, p, u, _ in terms)), "US"))
+    assert [(r.term_duration, r.billing_plan, r.unit_price) for r in rows] == [
+        (t, p, expected) for t, p, _, expected in terms
+    ]
+    assert all(isinstance(r.unit_price, Decimal) for r in rows)
+    assert str(rows[1].unit_price) == "20" and str(rows[6].unit_price) == "9.6"
+    # The sheet's own figure, the price of the term, is kept beside it.
+    assert [r.attributes["termPrice"] for r in rows] == [u for _, _, u, _ in terms]
+
+
+def test_a_term_or_plan_that_cannot_be_divided_is_a_bad_row_and_the_rest_goes_on():
+    header, _ = SAMPLE["response"]["lines"]
+    rows = list(
+        read_sheet(
+            _csv(
+                header,
+                _row("P1X", "Monthly", "240"),
+                _row("P1Y", "Monthly", "240"),
+                _row("annual", "Annual", "240"),
+                _row("P1M", "Annual", "24"),
+                _row("P1Y", "Quarterly", "240"),
+                _row("P30D", "Monthly", "24"),
+            ),
+            "US",
+        )
+    )
+    assert [type(r).__name__ for r in rows] == [
+        "RecordError",
+        "Price",
+        "RecordError",
+        "RecordError",
+        "RecordError",
+        "RecordError",
+    ]
+    assert rows[0] == RecordError(
+        entity_id="CFQ7TTC0HDK0:0001",
+        reason="sheets.csv line 2: TermDuration: 'P1X' is not a term of whole months or years "
+        "(P1M, P1Y, P3Y), so the price of the term cannot be divided into billing periods",
+    )
+    assert rows[1].unit_price == Decimal("20")
+    assert "line 4: TermDuration: 'annual' is not a term" in rows[2].reason
+    assert rows[3].reason == (
+        "sheets.csv line 5: BillingPlan: 'Annual' bills every 12 months, longer than the term "
+        "of 1 month"
+    )
+    assert rows[4].reason == (
+        "sheets.csv line 6: BillingPlan: 'Quarterly' is not a billing plan (Monthly, Annual, "
+        "Triennial; None for no recurring charge), so the price of the term cannot be "
+        "divided into billing periods"
+    )
+    assert "line 7: TermDuration: 'P30D' is not a term of whole months" in rows[5].reason
+
+
 def test_sheet_dates_are_utc_in_the_documented_and_iso_forms():
     assert sheet_date("2/4/2021 8:35:31 PM") == datetime(2021, 2, 4, 20, 35, 31, tzinfo=UTC)
     assert sheet_date("12/31/2025 11:59:59 PM") == datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -152,6 +229,22 @@ def test_sheet_dates_are_utc_in_the_documented_and_iso_forms():
     assert sheet_date(" ") is None
     with pytest.raises(ValueError):
         sheet_date("soon")
+
+
+def test_sheet_dates_in_the_24_hour_form_of_the_pricing_page_read_to_the_minute():
+    """pricing-and-offers.md's field table writes EffectiveStartDate ``2/1/2023 0:00`` and
+    EffectiveEndDate ``11/30/9999 23:59``."""
+    assert sheet_date("2/1/2023 0:00") == datetime(2023, 2, 1, tzinfo=UTC)
+    assert sheet_date("11/30/9999 23:59") == datetime(9999, 11, 30, 23, 59, tzinfo=UTC)
+    assert sheet_date("12/31/2022 13:05") == datetime(2022, 12, 31, 13, 5, tzinfo=UTC)
+    header, row = SAMPLE["response"]["lines"]
+    row = row.replace("2/1/2019 12:00:00 AM", "2/1/2023 0:00")
+    row = row.replace("2/4/2021 8:35:31 PM", "11/30/9999 23:59")
+    [price] = read_sheet(_csv(header, row), "US")
+    assert (price.effective_start, price.effective_end) == (
+        datetime(2023, 2, 1, tzinfo=UTC),
+        datetime(9999, 11, 30, 23, 59, tzinfo=UTC),
+    )
 
 
 def test_a_large_sheet_streams_keeping_only_the_products_subscribed(tmp_path):
@@ -171,7 +264,7 @@ def test_a_large_sheet_streams_keeping_only_the_products_subscribed(tmp_path):
                 ]
             )
     assert path.stat().st_size > 10_000_000
-    sheet = PriceSheet("GB", "current", {("cfq7ttc00001", "0001")})
+    sheet = PriceSheet("GB", "current", {("cfq7ttc00001", "0001")}, currency="GBP")
     tracemalloc.start()
     try:
         with path.open("rb") as data:
@@ -219,8 +312,8 @@ def _sub(**values: Any) -> StoredSubscription:
     return StoredSubscription(**(fields | values))
 
 
-def _sheet(*prices: Price, products=None) -> PriceSheet:
-    sheet = PriceSheet("GB", "current", products or {("cfq7ttc0lh18", "0001")})
+def _sheet(*prices: Price, products=None, currency: str = "GBP") -> PriceSheet:
+    sheet = PriceSheet("GB", "current", products or {("cfq7ttc0lh18", "0001")}, currency=currency)
     for price in prices:
         sheet.add(price)
     return sheet
@@ -299,6 +392,39 @@ def test_unmatched_subscriptions_say_why():
     assert absent.reason == "product CFQ7TTC0ZZZZ SKU 0001 is not on the GB price sheet"
     no_cycle = sheet.current(_sub(billing_cycle="none"), UTC_JAN)
     assert "no term duration or billing cycle" in no_cycle.reason
+
+
+def test_only_rows_in_the_partners_billing_currency_price_a_subscription():
+    """A European market's sheet prices each SKU in several currencies (pricing-and-offers.md:
+    "All European market price lists will include pricing in all supported currencies in the
+    European region"); a GB partner is billed in GBP, whatever order the rows come in."""
+    gbp = _price(unit_price=Decimal("43.2"))
+    eur = _price(currency="EUR", unit_price=Decimal("50.54"))
+    # Another currency's row that starts later must not outrank the partner's own either.
+    later_chf = _price(
+        currency="CHF",
+        unit_price=Decimal("47.52"),
+        effective_start=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    for order in ((eur, later_chf, gbp), (gbp, eur, later_chf), (later_chf, gbp, eur)):
+        sheet = _sheet(*order)
+        assert sheet.current(_sub(), UTC_JAN) == Match(gbp), order
+        assert sheet.planned(_sub(price_effective_start=gbp.effective_start)) is None
+        # Passed over, not kept and not a problem: the sheet simply holds other prices too.
+        assert (sheet.read, sheet.kept, sheet.other_currency) == (3, 1, 2)
+    assert _sheet(eur, gbp, currency="EUR").current(_sub(), UTC_JAN) == Match(eur)
+    assert _sheet(_price(currency="gbp"), currency="gbp").current(_sub(), UTC_JAN).in_force
+    # A product priced only in other currencies says so.
+    miss = _sheet(eur, later_chf).current(_sub(), UTC_JAN)
+    assert miss.reason == (
+        "product CFQ7TTC0LH18 SKU 0001 has no GBP price on the GB price sheet (only CHF, EUR)"
+    )
+    # A term the sheet sells in other currencies only is listed by the partner's currency.
+    monthly_eur = _price(currency="EUR", term_duration="P1M", billing_plan="Monthly")
+    miss = _sheet(gbp, monthly_eur).current(
+        _sub(term_duration="P1M", billing_cycle="monthly"), UTC_JAN
+    )
+    assert miss.reason.endswith("(the sheet prices CFQ7TTC0LH18 0001 at P1Y billed annual)")
 
 
 # --- sell-price rules --------------------------------------------------------------------------
@@ -402,6 +528,22 @@ currency = "pounds"
     assert issubclass(SubscriptionPricingSettings, PricingSettings)
 
 
+def test_the_billing_currency_is_the_markets_own_unless_set(write_config):
+    default = _settings(write_config, "")
+    assert default.currency is None
+    assert [default.billing_currency(m) for m in ("GB", "us", "DE")] == ["GBP", "USD", None]
+    euros = _settings(write_config, 'currency = "EUR"\n')
+    assert [euros.billing_currency(m) for m in ("GB", "US")] == ["EUR", "EUR"]
+    for wrong in ("pounds", "gbp", "826"):
+        with pytest.raises(ConfigError) as caught:
+            _settings(write_config, f'currency = "{wrong}"\n')
+        assert caught.value.problems == [
+            f"modules.subscription_pricing.currency: not a currency code: {wrong!r} (give the "
+            'ISO 4217 code of the currency Microsoft bills you in, upper-case: "GBP", "EUR", '
+            '"USD")'
+        ]
+
+
 # --- against the emulator -------------------------------------------------------------------
 
 
@@ -482,8 +624,11 @@ enabled = true
         with self.store.read() as connection:
             return list_changes(connection, since=since)
 
-    def sheet(self, market: str = "GB", month: datetime | None = None) -> dict[tuple, Decimal]:
-        """The emulator's prices of ``month`` by (product, SKU, term, plan) of untiered rows."""
+    def sheet(
+        self, market: str = "GB", month: datetime | None = None, currency: str | None = None
+    ) -> dict[tuple, Decimal]:
+        """The emulator's prices of ``month`` in ``currency`` (the market's by default) by
+        (product, SKU, term, plan) of untiered rows, each a unit's for a billing period."""
         start = (month or self.world.now).replace(day=1, hour=0, minute=0, second=0, tzinfo=None)
         rows = emulated_pricing.price_rows(
             market,
@@ -491,7 +636,12 @@ enabled = true
             start + timedelta(days=27),
             lambda key: self.world.price_factor(key, start.replace(tzinfo=UTC)),
         )
-        return {(r[1], r[2], r[7], r[8].lower()): Decimal(r[11]) for r in rows if not r[12]}
+        currency = currency or {"GB": "GBP", "US": "USD"}[market]
+        return {
+            (r[1], r[2], r[7], r[8].lower()): billing_period_price(r)
+            for r in rows
+            if not r[12] and r[10] == currency
+        }
 
     def cli(self):
         group = copy.copy(cli)
@@ -521,6 +671,19 @@ def priced(emulator, store, store_url, tmp_path, monkeypatch) -> Pricing:
     return setup
 
 
+#: Months of each term and billing period, written out here rather than taken from the code
+#: under test.
+TERM_MONTHS = {"P1M": 1, "P1Y": 12, "P3Y": 36}
+PLAN_MONTHS = {"monthly": 1, "annual": 12, "triennial": 36}
+
+
+def billing_period_price(row: list[str]) -> Decimal:
+    """A sheet row's UnitPrice (the whole term's) as a billing period's, to six places."""
+    term_price = Decimal(row[11])
+    share = term_price * PLAN_MONTHS[row[8].lower()] / TERM_MONTHS[row[7]]
+    return share.quantize(Decimal("0.000001"))
+
+
 def _key(subscription: WorldSubscription) -> tuple[str, str, str, str]:
     product, sku, _ = subscription.offerId.split(":")
     return (product, sku, subscription.termDuration, subscription.billingCycle)
@@ -529,6 +692,8 @@ def _key(subscription: WorldSubscription) -> tuple[str, str, str, str]:
 def test_each_subscription_gets_the_price_of_its_product_term_and_plan(priced):
     result = priced.price(timelines=["current"])
     assert result.outcome == "succeeded", (result.error, result.problems)
+    # The GB sheet prices every row in six currencies: the other five are no problem.
+    assert result.problems == [] and "price sheet" not in result.counts
     sheet = priced.sheet()
     stored = priced.subscriptions()
     world = priced.reseller_subscriptions()
@@ -550,6 +715,31 @@ def test_each_subscription_gets_the_price_of_its_product_term_and_plan(priced):
     assert len(priced.history()) == len(world)  # nothing changed, nothing recorded
 
 
+def test_a_term_price_that_divides_inexactly_is_kept_to_six_places_and_stays_put(
+    priced, monkeypatch
+):
+    """100 a year billed monthly is 8.333...: kept to the six places the store holds (on
+    PostgreSQL too), so the next import finds the price it stored, not a change."""
+    plans = [(t, p, Decimal("12.5") if (t, p) == ("P1Y", "Monthly") else x)
+             for t, p, x in emulated_pricing.PLANS]  # fmt: skip
+    monkeypatch.setattr(emulated_pricing, "PLANS", tuple(plans))
+    first = priced.price(timelines=["current"])
+    assert first.outcome == "succeeded" and first.problems == [], first.error
+    sheet, stored = priced.sheet(), priced.subscriptions()
+    monthly = [
+        (sid, sub)
+        for sid, (_, sub) in priced.reseller_subscriptions().items()
+        if (sub.termDuration, sub.billingCycle) == ("P1Y", "monthly")
+    ]
+    assert monthly
+    costs = [Decimal(stored[sid]["cost_price"]) for sid, _ in monthly]
+    assert costs == [sheet[_key(sub)] for _, sub in monthly]
+    assert any(cost.as_tuple().exponent == -6 for cost in costs)  # a rounded twelfth
+    again = priced.price(timelines=["current"])
+    assert again.counts["subscriptions"].unchanged == len(stored)
+    assert [row.status for row in priced.history()] == ["initial"] * len(stored)
+
+
 def test_both_markets_with_their_currencies(priced):
     priced.price(timelines=["current"])
     result = priced.price(market="US", timelines=["current"])
@@ -565,6 +755,34 @@ def test_both_markets_with_their_currencies(priced):
         (row.old_currency, row.currency, row.market) == ("GBP", "USD", "US") for row in switched
     )
     assert result.counts["price changes"].added == len(switched)
+
+
+def test_a_partner_billed_in_another_currency_of_the_sheet_sets_it(priced):
+    priced.configure('markup_percent = 20\ncurrency = "EUR"\n')
+    result = priced.price(timelines=["current"])
+    assert result.outcome == "succeeded" and result.problems == [], result.error
+    euros = priced.sheet(currency="EUR")
+    stored = priced.subscriptions()
+    for subscription_id, (_, subscription) in priced.reseller_subscriptions().items():
+        row = stored[subscription_id]
+        assert (row["currency"], row["price_market"]) == ("EUR", "GB")
+        assert Decimal(row["cost_price"]) == euros[_key(subscription)]
+    # On the US sheet there is no EUR price: every subscription says so, none is priced.
+    result = priced.price(market="US", timelines=["current"])
+    reasons = {p.reason for p in result.problems}
+    assert {p.outcome for p in result.problems} == {"skipped"} and reasons
+    assert all("has no EUR price on the US price sheet (only USD)" in r for r in reasons)
+    assert result.counts["subscriptions"].skipped == len(stored)
+
+
+def test_a_market_of_unknown_currency_needs_the_currency_set(priced):
+    with pytest.raises(ConfigError) as caught:
+        priced.price(market="DE", timelines=["current"])
+    assert caught.value.problems == [
+        "modules.subscription_pricing.currency: market DE has no known currency (known: GBP "
+        "for GB, USD for US): set it to the currency Microsoft bills you in, for example "
+        'currency = "EUR"'
+    ]
 
 
 def test_planned_prices_become_history_when_they_come_into_force(priced):
@@ -697,9 +915,9 @@ def test_unmatched_subscriptions_keep_their_price_and_say_why(priced):
     tier = next(
         r
         for r in emulated_pricing.price_rows("GB", datetime(2026, 1, 1), datetime(2026, 1, 31))
-        if r[1] == "CFQ7TTC0TIER" and r[12] == "51" and r[8] == "Annual"
+        if r[1] == "CFQ7TTC0TIER" and r[12] == "51" and r[8] == "Annual" and r[10] == "GBP"
     )
-    assert Decimal(stored[tiered.id]["cost_price"]) == Decimal(tier[11])
+    assert Decimal(stored[tiered.id]["cost_price"]) == billing_period_price(tier)
     listed = priced.run("pricing", "unmatched")
     assert listed.exit_code == 0, listed.output
     kept = pricing_commands._money(before["cost_price"], "GBP")  # the sheet's precision

@@ -1,8 +1,10 @@
 """Which price-sheet row prices a stored subscription.
 
-A row fits a subscription when its product ID, SKU ID, term duration and billing plan are
-the subscription's: a one-year term billed monthly is another price than one billed
-annually. Among the rows that fit, a tiered price takes the tier whose seat range holds the
+Only rows in the partner's billing currency count: a European market's sheet prices each
+SKU in several currencies, and the partner is billed in one of them. A row fits a
+subscription when its product ID, SKU ID, term duration and billing plan are the
+subscription's: a one-year term billed monthly is another price than one billed annually.
+Among the rows that fit, a tiered price takes the tier whose seat range holds the
 subscription's quantity; then the row whose effective dates hold the day of the import
 (the latest to start, if several do). The current price list is "the prices of the current
 month to the day it is asked for", so when no row's dates hold that day the latest row that
@@ -23,6 +25,7 @@ from decimal import Decimal
 
 import attrs
 
+from ..billing.money import COST_PLACES, exact_cost
 from ..models import Price
 from .rules import BillingPlan, PriceBookKey
 
@@ -44,6 +47,8 @@ _PLANS = {
 #: Partner Center's billing cycles that mean "no recurring plan".
 _NO_PLAN = {"", "none", "unknown"}
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+#: An ISO 8601 duration in years and months, as Partner Center writes terms (P1M, P1Y, P3Y).
+_TERM = re.compile(r"P(?:(\d+)Y)?(?:(\d+)M)?", re.IGNORECASE)
 
 
 def billing_plan(value: str | None) -> str | None:
@@ -55,6 +60,51 @@ def billing_plan(value: str | None) -> str | None:
     if folded in _NO_PLAN:
         return None
     return _PLANS.get(folded, folded)
+
+
+def term_months(term: str) -> int:
+    """Months of a term duration: ``P1M`` 1, ``P1Y`` 12, ``P3Y`` 36; `ValueError` when it is
+    not a whole number of months or years."""
+    match = _TERM.fullmatch(term.strip())
+    months = int(match[1] or 0) * 12 + int(match[2] or 0) if match else 0
+    if not months:
+        raise ValueError(
+            f"{term!r} is not a term of whole months or years (P1M, P1Y, P3Y), so the price "
+            "of the term cannot be divided into billing periods"
+        )
+    return months
+
+
+def period_price(term_price: Decimal, months: int, plan: str | None) -> Decimal:
+    """A unit's charge for one billing period of ``plan``, from ``term_price``, the price of
+    a whole term of ``months`` (what a price sheet states: "The UnitPrice amount is for the
+    term being purchased"; an annual term billed monthly is billed a twelfth of it a month).
+
+    A plan with no recurring charge (none, one-time) bills the whole term at once. The
+    division is exact unless the quotient needs more than the six places the store keeps
+    of a cost; then it is rounded to them, as consumption billing rounds its costs, so the
+    price read back from the store is the price computed (no change seen on every run).
+    `ValueError` for a plan that is not known, or that bills less often than the term runs.
+    """
+    normalized = billing_plan(plan)
+    if normalized in (None, "one_time"):
+        return term_price
+    every = MONTHS.get(normalized)
+    if every is None:
+        known = ", ".join(value.capitalize() for value in MONTHS)
+        raise ValueError(
+            f"{plan!r} is not a billing plan ({known}; None for no recurring charge), so the "
+            "price of the term cannot be divided into billing periods"
+        )
+    if every > months:
+        raise ValueError(
+            f"{plan!r} bills every {every} months, longer than the term of {months} "
+            f"month{'s' if months != 1 else ''}"
+        )
+    amount = term_price * every / months
+    if amount.as_tuple().exponent < COST_PLACES.as_tuple().exponent:  # type: ignore[operator]
+        amount = exact_cost(amount)
+    return amount
 
 
 def monthly_amount(amount: Decimal | None, plan: str | None) -> Decimal | None:
@@ -160,22 +210,36 @@ def _tiers(rows: Iterable[Price]) -> str:
 
 
 class PriceSheet:
-    """The rows of one price sheet (a market and timeline) that stored subscriptions may
-    need, grouped by product, SKU, term duration and billing plan."""
+    """The rows of one price sheet (a market and timeline) in the partner's billing
+    ``currency`` that stored subscriptions may need, grouped by product, SKU, term duration
+    and billing plan."""
 
-    def __init__(self, market: str, timeline: str, products: set[tuple[str, str]]) -> None:
+    def __init__(
+        self, market: str, timeline: str, products: set[tuple[str, str]], *, currency: str
+    ) -> None:
         self.market = market
         self.timeline = timeline
         self.products = products
+        self.currency = currency.strip().upper()
         self.read = 0
         self.kept = 0
+        #: Rows in another currency: not the partner's price, so neither kept nor a problem.
+        self.other_currency = 0
         self._rows: dict[tuple[str, str, str, str | None], list[Price]] = defaultdict(list)
         self._offers: dict[tuple[str, str], set[tuple[str, str | None]]] = defaultdict(set)
+        self._currencies: dict[tuple[str, str], set[str]] = defaultdict(set)
 
     def add(self, price: Price) -> bool:
-        """Keep ``price`` if a stored subscription holds its product and SKU."""
+        """Keep ``price`` if it is in the sheet's currency and a stored subscription holds
+        its product and SKU."""
         self.read += 1
         product = (_fold(price.product_id), _fold(price.sku_id))
+        currency = price.currency.strip().upper()
+        if currency != self.currency:
+            self.other_currency += 1
+            if product in self.products:
+                self._currencies[product].add(currency)
+            return False
         if product not in self.products:
             return False
         term, plan = _fold(price.term_duration), billing_plan(price.billing_plan)
@@ -202,6 +266,12 @@ class PriceSheet:
                 f"{subscription.billing_cycle!r}): a price depends on both"
             )
         offers = self._offers.get(product)
+        if not offers and product in self._currencies:
+            return Miss(
+                f"product {subscription.product_id} SKU {subscription.sku_id} has no "
+                f"{self.currency} price on the {self.market} price sheet (only "
+                f"{', '.join(sorted(self._currencies[product]))})"
+            )
         if not offers:
             return Miss(
                 f"product {subscription.product_id} SKU {subscription.sku_id} is not on the "

@@ -29,6 +29,8 @@ MINOR_UNITS = {
 }  # fmt: skip
 _TERM = re.compile(r"^P\d+[DWMY]$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+#: The currency a partner of each marketplace (``[integrator] marketplace``) is billed in.
+MARKET_CURRENCIES = {"GB": "GBP", "US": "USD"}
 
 
 class Amount(Decimal):
@@ -202,16 +204,37 @@ class PricingSettings:
     price_book: tuple[PriceBookEntry, ...] = ()
     #: Also read the prices the source plans (the future timeline) on each scheduled run.
     future_prices: bool = True
+    #: The currency the partner is billed in: only the sheet's rows in it are prices (a
+    #: European market's sheet prices each SKU in several). Unset: the market's own.
+    currency: str | None = None
     #: Not a TOML key: the module whose stored subscriptions are priced (``None``: all).
     subscriptions_module: ClassVar[str | None] = None
 
     def __attrs_post_init__(self) -> None:
+        problems: list[Exception] = []
         if self.markup_percent is not None and self.markup_percent <= -100:
-            raise cattrs.ClassValidationError(
-                f"While structuring {type(self).__name__}",
-                [_at(ValueProblem("a markup of -100% or less leaves no price"), "markup_percent")],
-                type(self),
+            problems.append(
+                _at(ValueProblem("a markup of -100% or less leaves no price"), "markup_percent")
             )
+        if self.currency is not None and not _CURRENCY.match(self.currency):
+            problems.append(
+                _at(
+                    ValueProblem(
+                        f"not a currency code: {self.currency!r} (give the ISO 4217 code of "
+                        'the currency Microsoft bills you in, upper-case: "GBP", "EUR", "USD")'
+                    ),
+                    "currency",
+                )
+            )
+        if problems:
+            raise cattrs.ClassValidationError(
+                f"While structuring {type(self).__name__}", problems, type(self)
+            )
+
+    def billing_currency(self, market: str) -> str | None:
+        """The currency whose prices count: ``currency``, else ``market``'s own (``None``
+        when the market's currency is not known)."""
+        return self.currency or MARKET_CURRENCIES.get(market.upper())
 
     def entries_for(self, item: PriceBookKey) -> Iterator[PriceBookEntry]:
         return (entry for entry in self.price_book if entry.fits(item))

@@ -2,7 +2,9 @@
 
 For each timeline (``current``, then ``future`` when asked), the run reads which products
 the stored subscriptions hold, streams the sheet through the module's ``fetch_prices``
-keeping only those products' rows, then in one unit of work matches each subscription
+keeping only those products' rows in the partner's billing currency (the module's
+``currency``, else the market's own; rows in other currencies are not the partner's prices
+and are passed over without a problem), then in one unit of work matches each subscription
 (`matching`) and writes: from the current sheet, its cost price, currency, effective dates
 and the sell price of the module's rules (`rules`), with each change kept in the price
 history (`history`); from the future sheet, the changes planned. A subscription no row
@@ -25,6 +27,7 @@ from typing import Any
 import structlog
 from sqlalchemy.engine import Connection
 
+from ..config import ConfigError
 from ..context import module_context
 from ..models import Notice, Price, RecordError
 from ..plugins import ActiveModule
@@ -40,7 +43,7 @@ from ..sync.engine import (
 )
 from .history import PLANNED, ChangeBook
 from .matching import Miss, PriceSheet, StoredSubscription
-from .rules import PricingSettings
+from .rules import MARKET_CURRENCIES, PricingSettings
 from .subscriptions import PRICE_COLUMNS, load_subscriptions, products_of, write_prices
 
 log = structlog.get_logger(__name__)
@@ -75,10 +78,18 @@ def import_prices(
     for timeline in timelines:
         if timeline not in TIMELINES:
             raise ValueError(f"timeline {timeline!r}: use {' or '.join(TIMELINES)}")
-    options = {"market": market, "timelines": list(timelines), "dry_run": dry_run}
+    currency = billing_currency(active, market)
+    options = {
+        "market": market,
+        "currency": currency,
+        "timelines": list(timelines),
+        "dry_run": dry_run,
+    }
     run_id = begin_run(engine.store, active.name, options)
     result = RunResult(module=active.name, run_id=run_id, dry_run=dry_run)
-    run = _PricingRun(engine, active, result, market=market, as_of=as_of or utcnow())
+    run = _PricingRun(
+        engine, active, result, market=market, currency=currency, as_of=as_of or utcnow()
+    )
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(module=active.name, run_id=run_id):
         try:
@@ -107,6 +118,25 @@ def import_prices(
     return result
 
 
+def billing_currency(active: ActiveModule, market: str) -> str:
+    """The currency whose rows price the subscriptions: the module's ``currency``, else the
+    market's own; a `ConfigError` when neither is known."""
+    settings = active.settings
+    if isinstance(settings, PricingSettings):
+        currency = settings.billing_currency(market)
+    else:
+        currency = MARKET_CURRENCIES.get(market.upper())
+    if currency is None:
+        raise ConfigError(
+            [
+                f"modules.{active.name}.currency: market {market} has no known currency "
+                f"(known: {', '.join(f'{c} for {m}' for m, c in MARKET_CURRENCIES.items())}): "
+                'set it to the currency Microsoft bills you in, for example currency = "EUR"'
+            ]
+        )
+    return currency
+
+
 class _PricingRun:
     """One run's state: its context, counts (per kind and tenant), problems and notes."""
 
@@ -117,12 +147,14 @@ class _PricingRun:
         result: RunResult,
         *,
         market: str,
+        currency: str,
         as_of: datetime,
     ) -> None:
         self.engine = engine
         self.store = engine.store
         self.result = result
         self.market = market
+        self.currency = currency
         self.as_of = as_of
         self.rules = active.settings if isinstance(active.settings, PricingSettings) else None
         self.module = self.rules.subscriptions_module if self.rules else None
@@ -153,7 +185,7 @@ class _PricingRun:
             )
             return
         products = products_of(stored)
-        sheet = PriceSheet(self.market, timeline, products)
+        sheet = PriceSheet(self.market, timeline, products, currency=self.currency)
         if products:
             self.read_sheet(sheet)
         with self.store.unit() as connection:
@@ -193,7 +225,13 @@ class _PricingRun:
                         f"the plugin yielded {type(item).__name__}, which is not a price row",
                     )
                 )
-        log.info("pricing.sheet_read", rows=sheet.read, kept=sheet.kept)
+        log.info(
+            "pricing.sheet_read",
+            rows=sheet.read,
+            kept=sheet.kept,
+            currency=sheet.currency,
+            other_currency=sheet.other_currency,
+        )
         if sheet.timeline == FUTURE and not sheet.read:
             self.notes.append("future: no price changes are planned")
         elif not sheet.read:

@@ -21,8 +21,19 @@ What the page's sample shows, and how it is read:
   reader would run the header into the first row. The header line is read on its own and a
   curly quote opening or closing a field is taken for a straight one;
 * dates as ``M/D/YYYY h:mm:ss AM`` (``2/1/2019 12:00:00 AM``), taken as UTC (the page names
-  no zone); ISO 8601 dates are read too;
+  no zone); ISO 8601 dates are read too, and ``M/D/YYYY H:MM`` (``2/1/2023 0:00``,
+  ``11/30/9999 23:59``), the form of the field table of partner-center/pricing-and-offers.md;
 * prices as decimal strings (``115.2``), read as `Decimal`; an empty tier bound is none.
+
+What a price is (partner-center/pricing-and-offers.md, *New commerce terms and billing
+frequencies*): "The UnitPrice amount is for the term being purchased. If a partner purchases
+an annual term with monthly pricing, they'll be billed one-twelfth the total amount each
+monthly billing period." The core prices a subscription by one billing period of its plan,
+so each row's ``UnitPrice`` is divided into the billing periods of its ``TermDuration``
+(`period_price`: 240 for P1Y billed Monthly is 20 a month; 720 for P3Y billed Annual is 240
+a year); the sheet's own figure stays in the row's ``termPrice`` attribute. A row whose term
+or plan cannot be read that way is a `RecordError`: a price a billing period cannot be had
+from it.
 
 A row that cannot be read is yielded as `RecordError` naming its line; a header missing a
 column the prices need fails the whole sheet.
@@ -49,6 +60,7 @@ import structlog
 from halo_integrator_core import Price, RecordError
 from halo_integrator_core.config import EndpointSettings
 from halo_integrator_core.http import HttpClient
+from halo_integrator_core.pricing import period_price, term_months
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +93,13 @@ COLUMNS = {
     "erp_price": "ERP Price",
 }
 REQUIRED = ("product_id", "sku_id", "term_duration", "billing_plan", "currency", "unit_price")
-DATE_FORMATS = ("%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %I:%M %p", "%m/%d/%Y")
+DATE_FORMATS = (
+    "%m/%d/%Y %I:%M:%S %p",
+    "%m/%d/%Y %H:%M:%S",
+    "%m/%d/%Y %I:%M %p",
+    "%m/%d/%Y %H:%M",
+    "%m/%d/%Y",
+)
 
 _QUOTES = "\"'\u201c\u201d\u2018\u2019\ufeff"
 _OPENING_CURLY = re.compile(r"(^|,)(\s*)[\u201c\u201d]")
@@ -275,11 +293,23 @@ def _row(values: list[str], index: dict[str, int], width: int, market: str) -> P
             problems.append(f"{COLUMNS[name]}: {exc}")
     if parsed["unit_price"] is not None and parsed["unit_price"] < 0:
         problems.append(f"{COLUMNS['unit_price']}: {parsed['unit_price']} is negative")
+    months = None
+    if get("term_duration"):
+        try:
+            months = term_months(get("term_duration"))
+        except ValueError as exc:
+            problems.append(f"{COLUMNS['term_duration']}: {exc}")
+    unit_price = None
+    if months is not None and parsed["unit_price"] is not None:
+        try:
+            unit_price = period_price(parsed["unit_price"], months, get("billing_plan") or None)
+        except ValueError as exc:
+            problems.append(f"{COLUMNS['billing_plan']}: {exc}")
     for bound in ("tier_min", "tier_max"):
         value = parsed[bound]
         if value is not None and value != value.to_integral_value():
             problems.append(f"{COLUMNS[bound]}: {value} is not a whole number of seats")
-    if problems:
+    if problems or unit_price is None:
         return RecordError(entity_id=entity, reason="; ".join(problems))
     return Price(
         market=(get("market") or market).upper(),
@@ -288,7 +318,7 @@ def _row(values: list[str], index: dict[str, int], width: int, market: str) -> P
         term_duration=get("term_duration"),
         billing_plan=get("billing_plan") or None,
         currency=get("currency").upper(),
-        unit_price=parsed["unit_price"],
+        unit_price=unit_price,
         effective_start=parsed["start"],
         effective_end=parsed["end"],
         tier_minimum=int(parsed["tier_min"]) if parsed["tier_min"] is not None else None,
@@ -299,6 +329,8 @@ def _row(values: list[str], index: dict[str, int], width: int, market: str) -> P
             "skuTitle": get("sku_title") or None,
             "unitOfMeasure": get("unit_of_measure") or None,
             "tags": get("tags") or None,
+            # The sheet's prices as it states them: of the whole term.
+            "termPrice": str(parsed["unit_price"]),
             "erpPrice": str(parsed["erp_price"]) if parsed["erp_price"] is not None else None,
         },
     )
