@@ -150,6 +150,9 @@ def fetch_prices(
     dates; yield nothing when none are planned). The core keeps only the rows of products
     its stored subscriptions hold, matches them to the subscriptions, sets cost and sell
     prices and keeps the history of price changes; the plugin only translates the sheet.
+    A `Price`'s ``unit_price`` is a unit's charge for one billing period of its plan (a
+    sheet that states a whole term's price is divided: `pricing.period_price`); rows in any
+    currency may be yielded, the core keeps those in the partner's billing currency.
     A row that cannot be translated is yielded as `RecordError`. Stream: never hold the
     whole sheet in memory. Raise (with the cause and the fix in the message) when the
     sheet cannot be had at all: no authorization, a partner the source refuses.

@@ -275,7 +275,11 @@ class UsageLine:
 
 @attrs.frozen(kw_only=True)
 class Price:
-    """One row of a price sheet: the partner's cost for a product, term and plan."""
+    """One row of a price sheet: the partner's cost for a product, term and plan.
+
+    ``unit_price`` is a unit's charge for one billing period of ``billing_plan`` (a month
+    for monthly billing, a year for annual), not the price of the whole term.
+    """
 
     market: str
     product_id: str
