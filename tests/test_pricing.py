@@ -4,8 +4,10 @@ refusals (app-only tokens, indirect partners), its commands, and a run against t
 
 from __future__ import annotations
 
+import calendar
 import copy
 import csv
+import functools
 import io
 import json
 import tracemalloc
@@ -380,6 +382,26 @@ def test_the_effective_dates_that_hold_the_day_pick_the_price():
     priced = _sub(price_effective_start=january.effective_start)
     assert sheet.planned(priced) == february
     assert sheet.planned(_sub(price_effective_start=february.effective_start)) is None
+
+
+def test_a_price_reaches_a_subscription_at_the_renewal_after_it_starts():
+    utc = functools.partial(datetime, tzinfo=UTC)
+    # A one-year term ending 31 January 2027 (inclusive) began on 1 February 2026.
+    yearly = _sub(term_duration="P1Y", commitment_end=utc(2027, 1, 31))
+    assert yearly.price_reaches(utc(2026, 1, 1)) == utc(2026, 2, 1)  # in force as it began
+    assert yearly.price_reaches(utc(2026, 2, 1)) == utc(2026, 2, 1)
+    assert yearly.price_reaches(utc(2026, 4, 1)) == utc(2027, 2, 1)  # mid-term: at renewal
+    assert yearly.price_reaches(utc(2027, 3, 1)) == utc(2028, 2, 1)  # after it: the one after
+    # Monthly terms from the 31st renew on the last day of shorter months.
+    monthly = _sub(term_duration="P1M", commitment_end=utc(2026, 1, 30))
+    assert monthly.price_reaches(utc(2026, 1, 2)) == utc(2026, 1, 31)
+    assert monthly.price_reaches(utc(2026, 2, 1)) == utc(2026, 2, 28)
+    # No term known: from its start.
+    for unknown in (
+        _sub(term_duration="P1Y"),
+        _sub(term_duration=None, commitment_end=utc(2026, 5, 1)),
+    ):
+        assert unknown.price_reaches(utc(2026, 4, 1)) == utc(2026, 4, 1)
 
 
 def test_unmatched_subscriptions_say_why():
@@ -785,7 +807,12 @@ def test_a_market_of_unknown_currency_needs_the_currency_set(priced):
     ]
 
 
-def test_planned_prices_become_history_when_they_come_into_force(priced):
+def test_a_price_change_reaches_each_subscription_at_its_renewal(priced):
+    """New commerce holds a subscription's price for its term: "Price changes during the
+    term don't affect billing plan charges for an existing subscription. Price changes are
+    only relevant for renewals" (partner-center/pricing-and-offers.md). A change the future
+    sheet announces is planned from each subscription's first renewal on or after it, and
+    applied then: not when it comes into force on the current sheet."""
     first = priced.price()
     assert first.outcome == "succeeded", first.error
     planned = priced.changes()
@@ -797,12 +824,32 @@ def test_planned_prices_become_history_when_they_come_into_force(priced):
     }
     assert affected, "the emulated world plans changes for products it sells"
     assert {c.subscription_id for c in planned} == set(affected)
+    stored = priced.subscriptions()
+
+    def renewal(sid: str) -> datetime:
+        """The first renewal on or after the change (February 1st), from the term that
+        ends on the stored commitment end (every term here began before the change)."""
+        end = datetime.fromisoformat(str(stored[sid]["commitment_end"]))
+        day = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+        months = TERM_MONTHS[str(stored[sid]["term_duration"])]
+        while day < datetime(2026, 2, 1, tzinfo=UTC):
+            month = day.month - 1 + months
+            year, month = day.year + month // 12, month % 12 + 1
+            day = day.replace(
+                year=year, month=month, day=min(day.day, calendar.monthrange(year, month)[1])
+            )
+        return day
+
     february = priced.sheet(month=datetime(2026, 2, 1, tzinfo=UTC))
     january = priced.sheet()
     for change in planned:
         sub = affected[change.subscription_id][1]
         assert change.status == "planned"
-        assert change.effective_at == datetime(2026, 2, 1, tzinfo=UTC)
+        assert (
+            change.effective_at
+            == renewal(change.subscription_id)
+            > datetime(2026, 2, 1, tzinfo=UTC)
+        )
         assert (change.old_cost, change.new_cost) == (january[_key(sub)], february[_key(sub)])
         months = {"monthly": 1, "annual": 12}[sub.billingCycle]
         assert change.monthly_difference == (
@@ -810,21 +857,56 @@ def test_planned_prices_become_history_when_they_come_into_force(priced):
         ).quantize(Decimal("0.01"))
     assert first.counts["price changes"].added == len(planned)
     assert "planned price change" in first.note
+    monthly = {sid for sid, (_, sub) in affected.items() if sub.termDuration == "P1M"}
+    yearly = set(affected) - monthly
+    assert monthly and yearly, "both kinds of term are in the emulated world"
 
-    # A month on, the current sheet has the new prices: the planned changes are applied.
+    # A month on, February's prices are in force, but no term has renewed since: each
+    # subscription keeps January's price, its change still planned for its renewal.
     priced.world.advance(days=31)
+    assert all(renewal(sid) > priced.world.now for sid in affected)
     second = priced.price()
     assert second.outcome == "succeeded", second.error
     assert "no price changes are planned" in second.note  # the future sheet: 404
-    stored = priced.subscriptions()
+    stored_now = priced.subscriptions()
     for sid, (_, sub) in affected.items():
-        assert Decimal(stored[sid]["cost_price"]) == february[_key(sub)]
-    changed = priced.changes(since=datetime(2026, 2, 1, tzinfo=UTC))
-    assert {c.subscription_id: c.status for c in changed} == dict.fromkeys(affected, "changed")
-    assert all(c.old_cost == january[_key(affected[c.subscription_id][1])] for c in changed)
-    assert priced.changes(since=datetime(2026, 2, 2, tzinfo=UTC)) == []
+        assert Decimal(stored_now[sid]["cost_price"]) == january[_key(sub)]
+    assert {c.subscription_id: c.status for c in priced.changes()} == dict.fromkeys(
+        affected, "planned"
+    )
+    # A rule changed meanwhile still makes the sell price: of the cost kept.
+    priced.configure("markup_percent = 10\n")
+    assert priced.price().outcome == "succeeded"
+    stored_now = priced.subscriptions()
+    for sid, (_, sub) in affected.items():
+        kept = january[_key(sub)]
+        assert Decimal(stored_now[sid]["cost_price"]) == kept
+        assert Decimal(stored_now[sid]["sell_price"]) == (kept * Decimal("1.1")).quantize(
+            Decimal("0.01")
+        )
+
+    # Past the monthly terms' renewals: they cost February's price from their renewal; the
+    # yearly ones still cost January's, until theirs.
+    priced.world.advance(days=16)
+    assert all(renewal(sid) <= priced.world.now for sid in monthly)
+    assert all(renewal(sid) > priced.world.now for sid in yearly)
+    priced.sync()  # Partner Center's terms moved on too
+    third = priced.price()
+    assert third.outcome == "succeeded", third.error
+    stored_now = priced.subscriptions()
+    changes = {c.subscription_id: c for c in priced.changes()}
+    for sid, (_, sub) in affected.items():
+        cost = Decimal(stored_now[sid]["cost_price"])
+        if sid in monthly:
+            assert cost == february[_key(sub)]
+            assert (changes[sid].status, changes[sid].effective_at) == ("changed", renewal(sid))
+            assert changes[sid].old_cost == january[_key(sub)]
+        else:
+            assert cost == january[_key(sub)]
+            assert (changes[sid].status, changes[sid].effective_at) == ("planned", renewal(sid))
     statuses = [row.status for row in priced.history()]
-    assert statuses.count("applied") == len(affected) and "planned" not in statuses
+    assert statuses.count("applied") == len(monthly)
+    assert statuses.count("planned") == len(yearly) and "withdrawn" not in statuses
 
 
 def test_a_plan_microsoft_withdraws_is_marked_withdrawn(priced):
@@ -1055,7 +1137,8 @@ def test_the_pricing_commands(priced):
         "a",
         "month",
     ]
-    assert all(" planned " in line and line.startswith("2026-02-01") for line in lines[1:])
+    # Each from its subscription's renewal on or after the change of February 1st.
+    assert all(" planned " in line and line[:10] >= "2026-02-01" for line in lines[1:])
     rows = [
         json.loads(line)
         for line in priced.run("pricing", "changes", "--format", "json").output.splitlines()

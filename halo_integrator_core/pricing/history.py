@@ -15,7 +15,7 @@ changed, what will, and what the difference is a month at the subscription's qua
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
 from decimal import Decimal
 from types import SimpleNamespace
@@ -169,11 +169,13 @@ class ChangeBook:
             return None
         return self._update(row, **old, **new)
 
-    def withdraw_planned(self, subscription: StoredSubscription, *, keep: datetime | None) -> int:
-        """Mark the subscription's planned changes other than ``keep`` withdrawn."""
+    def withdraw_planned(
+        self, subscription: StoredSubscription, *, keep: Collection[datetime] = ()
+    ) -> int:
+        """Mark the subscription's planned changes other than those of ``keep`` withdrawn."""
         withdrawn = 0
         for effective_at, row in self.rows[subscription.id].items():
-            if row.status == PLANNED and effective_at != keep:
+            if row.status == PLANNED and effective_at not in keep:
                 self._update(row, status=WITHDRAWN)
                 withdrawn += 1
         return withdrawn

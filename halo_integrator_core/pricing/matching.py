@@ -17,10 +17,11 @@ memory follows the subscriptions, not the size of the sheet.
 
 from __future__ import annotations
 
+import calendar
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import attrs
@@ -113,6 +114,15 @@ def monthly_amount(amount: Decimal | None, plan: str | None) -> Decimal | None:
     return None if amount is None or months is None else amount / months
 
 
+def _add_months(moment: datetime, months: int) -> datetime:
+    """``moment`` ``months`` later (earlier when negative), its day kept where the month
+    has it, else the month's last."""
+    index = moment.year * 12 + moment.month - 1 + months
+    year, month = divmod(index, 12)
+    last = calendar.monthrange(year, month + 1)[1]
+    return moment.replace(year=year, month=month + 1, day=min(moment.day, last))
+
+
 def _fold(value: str | None) -> str:
     return (value or "").strip().casefold()
 
@@ -163,6 +173,33 @@ class StoredSubscription:
 
     def describe(self) -> str:
         return f"{self.product_id} {self.sku_id} on term {self.term_duration} billed {self.plan}"
+
+    def price_reaches(self, start: datetime) -> datetime:
+        """When a price in force from ``start`` becomes this subscription's.
+
+        New commerce holds a subscription's price for its term: "Price changes during the
+        term don't affect billing plan charges for an existing subscription. Price changes
+        are only relevant for renewals, transitions, and new subscriptions"
+        (partner-center/pricing-and-offers.md). So a price that starts within the current
+        term reaches it at the next renewal (or the first renewal after ``start``), and
+        one in force when the term began, from that beginning. The term is the one ending
+        on ``commitment_end`` (the last day, inclusive); without one, or a term of whole
+        months, ``start`` itself.
+        """
+        if self.commitment_end is None or not self.term_duration:
+            return start
+        try:
+            months = term_months(self.term_duration)
+        except ValueError:
+            return start
+        end = self.commitment_end.astimezone(UTC)
+        renewal = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+        term_start = _add_months(renewal, -months)
+        if start <= term_start:
+            return term_start
+        while renewal < start:
+            renewal = _add_months(renewal, months)
+        return renewal
 
 
 @attrs.frozen

@@ -156,6 +156,9 @@ class _PricingRun:
         self.market = market
         self.currency = currency
         self.as_of = as_of
+        #: The changes this run planned for each subscription (by its ID), by date: a new
+        #: price held until a renewal, and the future sheet's (`hold`).
+        self.held: dict[int, set[datetime]] = {}
         self.rules = active.settings if isinstance(active.settings, PricingSettings) else None
         self.module = self.rules.subscriptions_module if self.rules else None
         self.hooks = engine.host.hook_for(active.name)
@@ -277,25 +280,49 @@ class _PricingRun:
                 if self.rules
                 else None
             )
+            reaches = sub.price_reaches(price.effective_start or self.as_of)
+            kept_cost = (
+                sub.cost_price
+                if reaches > self.as_of
+                and sub.currency == currency
+                and sub.cost_price != price.unit_price
+                else None
+            )
+            if kept_cost is not None:
+                # A new price within the subscription's term: it keeps the cost it has
+                # until its renewal, when the new one is planned to reach it. Its sell
+                # price still follows the rules (a markup changed meanwhile).
+                self.hold(sub, reaches, price, sell, book)
+                sell = (
+                    self.rules.sell_price(sub.book_key(currency), kept_cost) if self.rules else None
+                )
             after = {
-                "cost_price": price.unit_price,
+                "cost_price": price.unit_price if kept_cost is None else kept_cost,
                 "sell_price": sell.amount if sell else None,
                 "currency": currency,
                 "sell_price_rule": sell.rule if sell else None,
                 "price_market": self.market,
-                "price_effective_start": price.effective_start,
-                "price_effective_end": price.effective_end,
+                "price_effective_start": (
+                    price.effective_start if kept_cost is None else sub.price_effective_start
+                ),
+                "price_effective_end": (
+                    price.effective_end if kept_cost is None else sub.price_effective_end
+                ),
                 "price_note": None,
             }
-            action = book.record_current(
-                sub,
-                effective_at=price.effective_start or self.as_of,
-                cost=price.unit_price,
-                currency=currency,
-                sell=after["sell_price"],
-            )
-            if action and sub.cost_price is not None:
-                _count(self.counts(CHANGES, sub.tenant_id), action)
+            if kept_cost is None:
+                # A change dated from when it reached the subscription (its renewal, for a
+                # price that came in during the term before); a first price, from its row.
+                is_change = sub.cost_price is not None and reaches <= self.as_of
+                action = book.record_current(
+                    sub,
+                    effective_at=reaches if is_change else price.effective_start or self.as_of,
+                    cost=price.unit_price,
+                    currency=currency,
+                    sell=after["sell_price"],
+                )
+                if action and sub.cost_price is not None:
+                    _count(self.counts(CHANGES, sub.tenant_id), action)
             fields = tuple(name for name in PRICE_COLUMNS if after[name] != before[name])
             if not fields:
                 confirmed.append(sub.id)
@@ -325,13 +352,48 @@ class _PricingRun:
                 why="the current sheet's newest row for them ended before that day",
             )
 
+    def hold(
+        self,
+        sub: StoredSubscription,
+        reaches: datetime,
+        price: Price,
+        sell: Any,
+        book: ChangeBook,
+    ) -> datetime | None:
+        """Plan ``price`` for ``sub`` from ``reaches`` (`StoredSubscription.price_reaches`);
+        the date of the planned change, ``None`` when there is none (it is the price the
+        subscription has)."""
+        action = book.record_planned(
+            sub,
+            effective_at=reaches,
+            cost=price.unit_price,
+            currency=price.currency.upper(),
+            sell=sell.amount if sell else None,
+        )
+        if action:
+            _count(self.counts(CHANGES, sub.tenant_id), action)
+            self.engine.reporter.change(
+                Change(
+                    CHANGES,
+                    sub.tenant_id,
+                    sub.external_id,
+                    action,
+                    (f"planned from {reaches:%Y-%m-%d}",),
+                )
+            )
+        row = book.rows[sub.id].get(reaches)
+        if row is None or row.status != PLANNED:
+            return None
+        self.held.setdefault(sub.id, set()).add(reaches)
+        return reaches
+
     def plan(
         self, sheet: PriceSheet, subscriptions: list[StoredSubscription], book: ChangeBook
     ) -> None:
-        """The future sheet: the changes planned for each subscription's price."""
+        """The future sheet: the changes planned for each subscription's price, each from
+        the day it reaches the subscription (its renewal, for a change within its term)."""
         for sub in subscriptions:
-            counts = self.counts(CHANGES, sub.tenant_id)
-            keep = None
+            keep = set(self.held.get(sub.id, ()))
             price = sheet.planned(sub)
             if price is not None and price.effective_start is not None:
                 currency = price.currency.upper()
@@ -340,28 +402,12 @@ class _PricingRun:
                     if self.rules
                     else None
                 )
-                action = book.record_planned(
-                    sub,
-                    effective_at=price.effective_start,
-                    cost=price.unit_price,
-                    currency=currency,
-                    sell=sell.amount if sell else None,
+                planned = self.hold(
+                    sub, sub.price_reaches(price.effective_start), price, sell, book
                 )
-                if action:
-                    _count(counts, action)
-                    self.engine.reporter.change(
-                        Change(
-                            CHANGES,
-                            sub.tenant_id,
-                            sub.external_id,
-                            action,
-                            (f"planned from {price.effective_start:%Y-%m-%d}",),
-                        )
-                    )
-                row = book.rows[sub.id].get(price.effective_start)
-                if row is not None and row.status == PLANNED:
-                    keep = price.effective_start
-            counts.deactivated += book.withdraw_planned(sub, keep=keep)
+                if planned is not None:
+                    keep.add(planned)
+            self.counts(CHANGES, sub.tenant_id).deactivated += book.withdraw_planned(sub, keep=keep)
         planned = sum(row.status == PLANNED for rows in book.rows.values() for row in rows.values())
         if planned:
             self.notes.append(
