@@ -123,8 +123,8 @@ def test_the_demo_syncs_the_emulator_and_leaves_a_store_to_read(tmp_path):
     planned = [json.loads(line) for line in changes.stdout.splitlines()]
     assert planned and {row["status"] for row in planned} == {"planned"}
     # Each from the subscription's renewal on or after the change (new commerce holds a
-    # price for its term): after its current term's last day, never before February 1st.
-    assert all(row["effective"] > row["renews_on"] for row in planned)
+    # price for its term): its next renewal or a later one, never before February 1st.
+    assert all(row["effective"] >= row["renews_on"] for row in planned)
     assert all(row["effective"] >= "2026-02-01" for row in planned)
     assert all(Decimal(row["new_price"]) > Decimal(row["old_price"]) for row in planned)
     assert {row["subscription_id"] for row in planned} <= {row["external_id"] for row in priced}

@@ -396,6 +396,9 @@ def test_a_price_reaches_a_subscription_at_the_renewal_after_it_starts():
     monthly = _sub(term_duration="P1M", commitment_end=utc(2026, 1, 30))
     assert monthly.price_reaches(utc(2026, 1, 2)) == utc(2026, 1, 31)
     assert monthly.price_reaches(utc(2026, 2, 1)) == utc(2026, 2, 28)
+    # A subscription that does not renew ends "far, far away": no renewal to wait for.
+    never = _sub(term_duration="P1Y", commitment_end=utc(9999, 12, 31))
+    assert never.price_reaches(utc(2026, 4, 1)) == utc(2026, 4, 1)
     # No term known: from its start.
     for unknown in (
         _sub(term_duration="P1Y"),
@@ -1145,6 +1148,11 @@ def test_the_pricing_commands(priced):
     ]
     assert rows and {row["status"] for row in rows} == {"planned"}
     assert all(Decimal(row["monthly_difference"]) > 0 for row in rows)
+    # The term's end date is its last day (inclusive): it renews the day after.
+    stored = priced.subscriptions()
+    for row in rows:
+        end = datetime.fromisoformat(str(stored[row["subscription_id"]]["commitment_end"]))
+        assert row["renews_on"] == f"{end + timedelta(days=1):%Y-%m-%d}" <= row["effective"]
     assert set(rows[0]) == {
         "effective", "status", "customer", "tenant_id", "subscription_id", "subscription",
         "quantity", "term_duration", "billing_cycle", "old_price", "old_currency", "new_price",

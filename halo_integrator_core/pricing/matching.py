@@ -48,6 +48,9 @@ _PLANS = {
 #: Partner Center's billing cycles that mean "no recurring plan".
 _NO_PLAN = {"", "none", "unknown"}
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+#: From this year on, a commitment end is Partner Center's "date far, far away in the
+#: future" of a subscription that does not renew (subscription-resources.md), not a term's.
+FAR_AWAY_YEAR = 9000
 #: An ISO 8601 duration in years and months, as Partner Center writes terms (P1M, P1Y, P3Y).
 _TERM = re.compile(r"P(?:(\d+)Y)?(?:(\d+)M)?", re.IGNORECASE)
 
@@ -183,10 +186,15 @@ class StoredSubscription:
         (partner-center/pricing-and-offers.md). So a price that starts within the current
         term reaches it at the next renewal (or the first renewal after ``start``), and
         one in force when the term began, from that beginning. The term is the one ending
-        on ``commitment_end`` (the last day, inclusive); without one, or a term of whole
-        months, ``start`` itself.
+        on ``commitment_end`` (its last day: "End dates are inclusive, meaning the end of the
+        term is at the end of the full day", subscription-resources.md); without one, or a
+        term of whole months, ``start`` itself. So too for a subscription that does not
+        renew, whose end "represents a date far, far away in the future" (the same page):
+        it has no renewal for a price to wait for.
         """
         if self.commitment_end is None or not self.term_duration:
+            return start
+        if self.commitment_end.year >= FAR_AWAY_YEAR:
             return start
         try:
             months = term_months(self.term_duration)

@@ -209,7 +209,13 @@ def _change_row(change: PriceChange) -> dict[str, Any]:
         "currency": change.currency,
         "monthly_difference": _text(change.monthly_difference),
         "new_sell_price": _text(change.new_sell_price),
-        "renews_on": f"{change.commitment_end:%Y-%m-%d}" if change.commitment_end else None,
+        # The term's end date is its last day, inclusive (subscription-resources.md: "End
+        # dates are inclusive"): it renews the day after.
+        "renews_on": (
+            f"{change.commitment_end + timedelta(days=1):%Y-%m-%d}"
+            if change.commitment_end
+            else None
+        ),
     }
 
 
