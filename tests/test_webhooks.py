@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from halo_integrator_core import ModuleContext, ModuleSpec, hookimpl
 from halo_integrator_core.config import ConfigError, load_config
+from halo_integrator_core.errors import ConnectionFailed
 from halo_integrator_core.models import WebhookEvent, WebhookOutcome
 from halo_integrator_core.plugins import PluginHost
 from halo_integrator_core.store import Store, schema
@@ -555,6 +556,8 @@ class _Served:
 
     def request(self, method: str, url: str, **_: Any) -> Any:
         self.fetched.append(url)
+        if self.files[url] is None:
+            raise ConnectionFailed("connection reset", method=method, url=url)
         response = requests.Response()
         response.status_code = 200
         response.raw = io.BytesIO(self.files[url])
@@ -587,6 +590,10 @@ def test_a_missing_intermediate_is_fetched_from_an_allowed_issuer_host(tmp_path)
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=60))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # A TLS issuing CA marked for servers only: the page's basic policy takes it.
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -669,6 +676,20 @@ def test_a_missing_intermediate_is_fetched_from_an_allowed_issuer_host(tmp_path)
     with pytest.raises(receiver.Rejected, match="does not chain"):
         receiver.verify(headers, body, closed, http)  # type: ignore[arg-type]
     assert http.fetched == [url]
+    # The issuer host not answering is not the sender's fault: 503, delivered again later.
+    receiver.CERTIFICATES.clear()
+    http.files[aia] = None
+    with pytest.raises(receiver.Rejected, match="cannot fetch the issuing certificate") as caught:
+        receiver.verify(headers, body, settings, http)  # type: ignore[arg-type]
+    assert caught.value.status == 503
+    # A query or fragment would make each forged request a fetch: refused, never fetched.
+    http.fetched.clear()
+    for other in (url + "?n=1", url + "#x"):
+        with pytest.raises(receiver.Rejected, match="query or fragment"):
+            receiver.verify(  # type: ignore[arg-type]
+                headers | {"X-MS-Certificate-Url": other}, body, settings, http
+            )
+    assert http.fetched == []
 
 
 # -- settings -----------------------------------------------------------------------------------

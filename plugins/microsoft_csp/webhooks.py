@@ -222,6 +222,10 @@ def _host_allowed(url: str, allowed: tuple[str, ...], *, schemes: tuple[str, ...
 def check_certificate_url(url: str, settings: WebhookSettings) -> None:
     """The certificate URL is https and its host is allowed; nothing else is ever fetched."""
     problem = _host_allowed(url, settings.allowed_certificate_hosts, schemes=("https",))
+    if problem is None and (urlsplit(url).query or urlsplit(url).fragment):
+        # Partner Center's has neither; each different one would miss the certificate
+        # cache and be fetched anew, a fetch on every forged request.
+        problem = "it has a query or fragment"
     if problem:
         raise Rejected(
             401,
@@ -324,11 +328,18 @@ def _verifier(anchors: TrustAnchors, now: datetime) -> Any:
         .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
         .may_be_present(x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None)
     )
+    # The page's sample validates the chain by the basic policy (certificate.Verify()),
+    # which sets no extended key usage for the CAs: a client verifier's default asks each
+    # of them for client authentication, which a TLS issuing CA marked for servers only
+    # does not give.
+    issuing = ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, Criticality.AGNOSTIC, None
+    )
     return (
         PolicyBuilder()
         .store(anchors.store)
         .time(now)
-        .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=end_entity)
+        .extension_policies(ca_policy=issuing, ee_policy=end_entity)
         .build_client_verifier()
     )
 
@@ -417,8 +428,10 @@ def _cached_issuers(http: HttpClient, url: str) -> tuple[x509.Certificate, ...]:
         return entry.certificates
     try:
         data = _download(http, url)
-    except (Rejected, HttpError):
-        return ()
+    except HttpError as exc:
+        # Not the sender's fault, as for the signing certificate: answer so that Partner
+        # Center delivers again later, rather than refuse a genuine event for good.
+        raise Rejected(503, f"cannot fetch the issuing certificate {url}: {exc}") from None
     found = [c for c in _load(data) if _is_ca(c)]
     return CERTIFICATES.put(url, tuple(found)).certificates if found else ()
 
