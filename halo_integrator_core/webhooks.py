@@ -30,7 +30,7 @@ from .models import WebhookEvent, WebhookOutcome
 from .pacing import Pacer
 from .plugins import ActiveModule, PluginHost
 from .store import Store, schema
-from .store.request_log import StoreRequestLog
+from .store.request_log import StoreRequestLog, logged_module
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ def handle_webhook(
             sa.insert(schema.request_log).values(
                 direction="inbound",
                 at=event.received_at,
-                module=event.module,
+                module=logged_module(event.module),
                 tenant_id=outcome.tenant_id,
                 method="POST",
                 url=redact_text(path),

@@ -285,6 +285,10 @@ def test_webhooks_take_post_only_and_an_unknown_module_is_404(build, store):
     unknown = client.post("/webhooks/nope", data=b"{}")
     assert unknown.status_code == 404 and "nope" in unknown.get_json()["message"]
     assert [(r["module"], r["status"]) for r in inbound(store)] == [("nope", 404)]
+    # A path of any length is answered, and logged (PostgreSQL keeps a module name to 100).
+    long = "x" * 150
+    assert client.post(f"/webhooks/{long}", data=b"{}").status_code == 404
+    assert inbound(store)[-1]["module"] == long[:100]
     assert client.post("/webhooks/a/b", data=b"").status_code == 404
     assert client.get("/nothing-here").status_code == 404
 

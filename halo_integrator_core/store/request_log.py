@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
+def logged_module(name: str) -> str:
+    """A module name as the log keeps it: the name a request's path gave (an unknown
+    module's, of any length) cut to the column's, which PostgreSQL enforces."""
+    return name[: schema.request_log.c.module.type.length]
+
+
 def record_inbound(
     store: Store,
     *,
@@ -49,7 +55,7 @@ def record_inbound(
             sa.insert(schema.request_log).values(
                 direction="inbound",
                 at=at or datetime.now(UTC),
-                module=module,
+                module=logged_module(module),
                 connection=connection,
                 tenant_id=tenant_id,
                 method=method,
