@@ -15,6 +15,7 @@ from .matching import (
     billing_plan,
     monthly_amount,
     period_price,
+    renewal_day,
     term_months,
 )
 from .rules import (
@@ -47,6 +48,7 @@ __all__ = [
     "list_changes",
     "monthly_amount",
     "period_price",
+    "renewal_day",
     "round_money",
     "term_months",
 ]

@@ -117,6 +117,14 @@ def monthly_amount(amount: Decimal | None, plan: str | None) -> Decimal | None:
     return None if amount is None or months is None else amount / months
 
 
+def renewal_day(commitment_end: datetime) -> datetime:
+    """The day a term renews: the one after its end date, which is its last day ("End
+    dates are inclusive, meaning the end of the term is at the end of the full day",
+    subscription-resources.md)."""
+    end = commitment_end.astimezone(UTC)
+    return datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+
+
 def _add_months(moment: datetime, months: int) -> datetime:
     """``moment`` ``months`` later (earlier when negative), its day kept where the month
     has it, else the month's last."""
@@ -187,8 +195,8 @@ class StoredSubscription:
         term reaches it at the next renewal (or the first renewal after ``start``), and
         one in force when the term began, from that beginning. The term is the one ending
         on ``commitment_end`` (its last day: "End dates are inclusive, meaning the end of the
-        term is at the end of the full day", subscription-resources.md); without one, or a
-        term of whole months, ``start`` itself. So too for a subscription that does not
+        term is at the end of the full day", subscription-resources.md); without one, or
+        with a term not of whole months, ``start`` itself. So too for a subscription that does not
         renew, whose end "represents a date far, far away in the future" (the same page):
         it has no renewal for a price to wait for.
         """
@@ -200,8 +208,7 @@ class StoredSubscription:
             months = term_months(self.term_duration)
         except ValueError:
             return start
-        end = self.commitment_end.astimezone(UTC)
-        renewal = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+        renewal = renewal_day(self.commitment_end)
         term_start = _add_months(renewal, -months)
         if start <= term_start:
             return term_start

@@ -45,6 +45,7 @@ from halo_integrator_core.config import (
     structure_module_settings,
 )
 from halo_integrator_core.errors import HttpError, PermissionDenied
+from halo_integrator_core.pricing import MARKET_CURRENCIES
 
 from .export import BadRecord, ExportError, NoData, PartnerBillingExports
 from .invoices import Invoice, currencies, latest, list_invoices, of_month
@@ -55,8 +56,6 @@ log = structlog.get_logger(__name__)
 
 MODULE = "consumption_billing"
 CSP_MODULE = "microsoft_csp"
-#: The currency of each marketplace (`[integrator] marketplace`).
-MARKET_CURRENCY = {"GB": "GBP", "US": "USD"}
 
 
 class SetupProblem(Exception):
@@ -354,7 +353,7 @@ class PartnerUsage:
 
     def billing_currencies(self) -> Iterator[Any]:
         """The currencies to export unbilled usage in (a generator: it may say it guessed)."""
-        market = MARKET_CURRENCY.get(str(self.context.integrator.marketplace), "USD")
+        market = MARKET_CURRENCIES.get(str(self.context.integrator.marketplace), "USD")
         try:
             found = currencies(self.invoices())
         except Exception as exc:

@@ -269,7 +269,7 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Generator[Any, None,
                     customer = translate(item, PartnerCenterCustomer)
                     if isinstance(customer, RecordError):
                         whole = False
-                        unread.add(_tenant_of_unread(item, "companyProfile"))
+                        unread |= _tenant_of_unread(item, "companyProfile")
                         yield customer
                     else:
                         resellers[customer.company_profile.tenant_id.lower()] = customer
@@ -283,7 +283,7 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Generator[Any, None,
                 relationship = translate(item, DelegatedAdminRelationship)
                 if isinstance(relationship, RecordError):
                     whole = False
-                    unread.add(_tenant_of_unread(item, "customer"))
+                    unread |= _tenant_of_unread(item, "customer")
                     yield relationship
                 else:
                     relationships.setdefault(relationship.customer.tenant_id.lower(), []).append(
@@ -306,11 +306,11 @@ def _tenants_of(csp: CspSession, connection: Connection) -> Generator[Any, None,
     return whole
 
 
-def _tenant_of_unread(item: Any, holder: str) -> str:
-    """The tenant ID a record that could not be read names, if it names one ("" if not)."""
+def _tenant_of_unread(item: Any, holder: str) -> set[str]:
+    """The tenant ID a record that could not be read names, if it names one."""
     found = item.get(holder) if isinstance(item, dict) else None
     tenant_id = found.get("tenantId") if isinstance(found, dict) else None
-    return tenant_id.lower() if isinstance(tenant_id, str) else ""
+    return {tenant_id.lower()} if isinstance(tenant_id, str) else set()
 
 
 def _active(relationships: list[DelegatedAdminRelationship]) -> list[DelegatedAdminRelationship]:

@@ -222,7 +222,8 @@ def _host_allowed(url: str, allowed: tuple[str, ...], *, schemes: tuple[str, ...
 def check_certificate_url(url: str, settings: WebhookSettings) -> None:
     """The certificate URL is https and its host is allowed; nothing else is ever fetched."""
     problem = _host_allowed(url, settings.allowed_certificate_hosts, schemes=("https",))
-    if problem is None and (urlsplit(url).query or urlsplit(url).fragment):
+    parts = urlsplit(url)
+    if problem is None and (parts.query or parts.fragment):
         # Partner Center's has neither; each different one would miss the certificate
         # cache and be fetched anew, a fetch on every forged request.
         problem = "it has a query or fragment"

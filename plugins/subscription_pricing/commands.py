@@ -25,6 +25,7 @@ from halo_integrator_core.pricing import (
     PriceChange,
     import_prices,
     list_changes,
+    renewal_day,
 )
 from halo_integrator_core.pricing.subscriptions import load_subscriptions
 from halo_integrator_core.store import Store, StoreError
@@ -209,12 +210,8 @@ def _change_row(change: PriceChange) -> dict[str, Any]:
         "currency": change.currency,
         "monthly_difference": _text(change.monthly_difference),
         "new_sell_price": _text(change.new_sell_price),
-        # The term's end date is its last day, inclusive (subscription-resources.md: "End
-        # dates are inclusive"): it renews the day after.
         "renews_on": (
-            f"{change.commitment_end + timedelta(days=1):%Y-%m-%d}"
-            if change.commitment_end
-            else None
+            f"{renewal_day(change.commitment_end):%Y-%m-%d}" if change.commitment_end else None
         ),
     }
 
